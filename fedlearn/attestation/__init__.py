@@ -1,0 +1,3 @@
+"""Contribution attestations on an EVM chain, Merkle proofs and token rewards."""
+
+__all__: list[str] = []

@@ -1,0 +1,191 @@
+"""The ClientApp every data holder runs (Flower Message API).
+
+Everything a client needs to know about the run (schema, model, training
+settings) arrives in the server's message and is validated; the data comes
+from the data holder's own file (``node_config["data-path"]``) or, in
+simulation, from a bundled dataset partition (``node_config["partition-id"]``).
+Problems become error replies with a reason the server logs, never crashes of
+the SuperNode.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from torch import nn
+
+from fedlearn.config import ConfigError, RunConfig
+from fedlearn.data import (
+    DataError,
+    Dataset,
+    load_file,
+    partition_bundled,
+    schema_for,
+    split_validation,
+)
+from fedlearn.models import build_model
+from fedlearn.training import evaluate, train
+
+__all__ = [
+    "CONFIG_KEY",
+    "DataProvider",
+    "ErrorCode",
+    "ModelFactory",
+    "client_seed",
+    "make_client_app",
+    "node_data",
+]
+
+log = logging.getLogger(__name__)
+
+#: Key of the run config (JSON) inside the ConfigRecord the server sends.
+CONFIG_KEY = "fedlearn-run-config"
+
+#: ``(context, run config) -> the client's whole local dataset``.
+DataProvider = Callable[[Context, RunConfig], Dataset]
+#: ``(run config) -> an untrained model`` with the same layout as the server's.
+ModelFactory = Callable[[RunConfig], nn.Module]
+
+
+class ErrorCode:
+    """Error codes of client replies (Flower reserves small numbers)."""
+
+    CONFIG = 1001
+    DATA = 1002
+    MODEL = 1003
+    TRAINING = 1004
+
+
+def node_data(context: Context, cfg: RunConfig) -> Dataset:
+    """Load this node's data: its own file, or its partition of a bundled dataset.
+
+    ``node_config["data-path"]`` names a CSV, NPZ or image folder;
+    ``node_config["label-column"]`` overrides the label column's name.
+    Without a data path, ``node_config["partition-id"]`` selects a partition
+    of the run's bundled dataset (simulation).
+    """
+    node_cfg = context.node_config
+    if "data-path" in node_cfg:
+        schema = schema_for(cfg.data)
+        label_column = node_cfg.get("label-column")
+        if label_column:
+            schema = type(schema)(**{**schema.__dict__, "label_column": str(label_column)})
+        return load_file(str(node_cfg["data-path"]), schema)
+    if "partition-id" in node_cfg and cfg.data.dataset != "files":
+        partition = int(node_cfg["partition-id"])
+        parts, _, _ = partition_bundled(
+            cfg.data, clients=cfg.federation.clients, seed=cfg.federation.seed
+        )
+        if not 0 <= partition < len(parts):
+            raise DataError(f"partition-id {partition} outside 0..{len(parts) - 1}")
+        return parts[partition]
+    raise DataError(
+        "this node has no data: start it with --data PATH (node config 'data-path')"
+    )
+
+
+def default_model(cfg: RunConfig) -> nn.Module:
+    """The model named in the run config."""
+    schema = schema_for(cfg.data)
+    return build_model(cfg.model, num_features=schema.num_features, num_classes=schema.num_classes)
+
+
+def client_seed(seed: int, server_round: int, client: int) -> int:
+    """A per-(run, round, client) seed, independent across clients and rounds."""
+    return int(np.random.SeedSequence([seed, server_round, client]).generate_state(1)[0])
+
+
+def _client_index(context: Context) -> int:
+    return int(context.node_config.get("partition-id", context.node_id % (2**31)))
+
+
+def _error(msg: Message, code: int, reason: str) -> Message:
+    log.warning("replying with error %d: %s", code, reason)
+    return Message(Error(code=code, reason=reason), reply_to=msg)
+
+
+def make_client_app(
+    *, data: DataProvider = node_data, model_fn: ModelFactory = default_model
+) -> ClientApp:
+    """Build the ClientApp.
+
+    Parameters
+    ----------
+    data : DataProvider, default :func:`node_data`
+        Where each node's data comes from.
+    model_fn : ModelFactory, default the model named in the run config
+        Builds the untrained model that the global weights are loaded into.
+
+    Examples
+    --------
+    >>> app = make_client_app()
+    """
+    app = ClientApp()
+
+    def _prepare(
+        msg: Message, context: Context
+    ) -> tuple[RunConfig, nn.Module, Dataset, Dataset, int] | Message:
+        torch.set_num_threads(1)  # simulated clients share two cores
+        config = msg.content.config_records.get("config")
+        try:
+            if config is None or CONFIG_KEY not in config:
+                raise ConfigError(f"the server's message has no {CONFIG_KEY!r}")
+            cfg = RunConfig.from_json(str(config[CONFIG_KEY]))
+        except (ConfigError, ValueError) as exc:
+            return _error(msg, ErrorCode.CONFIG, f"invalid run config: {exc}")
+        try:
+            local = data(context, cfg)
+        except (DataError, OSError) as exc:
+            return _error(msg, ErrorCode.DATA, str(exc))
+        client = _client_index(context)
+        holdout = cfg.data.validation_fraction if cfg.federation.fraction_evaluate > 0 else 0.0
+        train_set, val_set = split_validation(local, fraction=holdout, seed=cfg.federation.seed)
+        model = model_fn(cfg)
+        arrays = msg.content.array_records.get("arrays")
+        try:
+            if arrays is None:
+                raise ValueError("the server's message has no 'arrays'")
+            model.load_state_dict(arrays.to_torch_state_dict(), strict=True)
+        except (RuntimeError, ValueError, KeyError) as exc:
+            return _error(msg, ErrorCode.MODEL, f"global model does not fit the local one: {exc}")
+        return cfg, model, train_set, val_set, client
+
+    @app.train()
+    def _train(msg: Message, context: Context) -> Message:
+        prepared = _prepare(msg, context)
+        if isinstance(prepared, Message):
+            return prepared
+        cfg, model, train_set, _, client = prepared
+        server_round = int(msg.content["config"]["server-round"])
+        try:
+            loss = train(
+                model, train_set, cfg.train, seed=client_seed(cfg.federation.seed, server_round, client)
+            )
+        except (ValueError, RuntimeError) as exc:
+            return _error(msg, ErrorCode.TRAINING, f"local training failed: {exc}")
+        metrics = MetricRecord({"num-examples": len(train_set), "train-loss": loss})
+        content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics})
+        return Message(content=content, reply_to=msg)
+
+    @app.evaluate()
+    def _evaluate(msg: Message, context: Context) -> Message:
+        prepared = _prepare(msg, context)
+        if isinstance(prepared, Message):
+            return prepared
+        _, model, train_set, val_set, _ = prepared
+        result = evaluate(model, val_set if len(val_set) else train_set)
+        metrics = MetricRecord(
+            {"num-examples": result.num_examples, "accuracy": result.accuracy, "loss": result.loss}
+        )
+        return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+
+    return app
+
+
+#: The ClientApp SuperNodes load in deployment (``fedlearn.client_app:app``).
+app = make_client_app()

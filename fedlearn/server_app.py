@@ -1,0 +1,337 @@
+"""The ServerApp: runs a Flower strategy and keeps the run directory.
+
+The round loop is Flower's own (``Strategy.start``). Around it this module
+adds what a production run needs, as a strategy wrapper and the
+``evaluate_fn`` hook Flower calls after every round:
+
+* malformed replies are set aside and the explicit completion rule applies
+  (:class:`~fedlearn.strategies.ValidatedReplies`);
+* each round is timed, its bytes counted, its model evaluated on the
+  server's held-out data if it has any;
+* after each round the history and a checkpoint (model + strategy state, npz +
+  JSON) are written atomically, so ``resume=True`` continues from the last
+  completed round and reproduces the uninterrupted run.
+
+Run directory layout::
+
+    RUN_DIR/config.toml      the validated config the run used
+    RUN_DIR/history.json     one record per round (+ summary)
+    RUN_DIR/checkpoints/     round-NNNNN.npz / .json, latest.json
+    RUN_DIR/logs/server.log  Flower's and fedlearn's log
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import Strategy
+
+from fedlearn.checkpoint import load_latest, save_checkpoint
+from fedlearn.client_app import CONFIG_KEY, ModelFactory, default_model
+from fedlearn.config import ConfigError, RunConfig
+from fedlearn.data import Dataset, load_file, partition_bundled, schema_for
+from fedlearn.history import History, RoundRecord
+from fedlearn.strategies import ValidatedReplies, build_strategy, export_state, import_state
+from fedlearn.training import evaluate
+
+__all__ = ["RoundCallback", "make_server_app", "run_federation", "server_test_set"]
+
+log = logging.getLogger(__name__)
+
+#: Called with each finished round's record (progress bars, notebooks).
+RoundCallback = Callable[[RoundRecord], None]
+
+
+class _RoundRecorder(Strategy):
+    """Times and measures each round and shifts round numbers after a resume."""
+
+    def __init__(self, strategy: ValidatedReplies, *, offset: int) -> None:
+        self.strategy = strategy
+        self.offset = offset
+        self.started = 0.0
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.train_metrics: MetricRecord | None = None
+        self.eval_metrics: MetricRecord | None = None
+
+    def summary(self) -> None:
+        self.strategy.summary()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self.started = time.perf_counter()
+        self.train_metrics = self.eval_metrics = None
+        messages = list(
+            self.strategy.configure_train(server_round + self.offset, arrays, config, grid)
+        )
+        self.bytes_sent = sum(_payload_bytes(m) for m in messages)
+        self.bytes_received = 0
+        return messages
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        self.bytes_received += sum(_payload_bytes(m) for m in replies)
+        arrays, self.train_metrics = self.strategy.aggregate_train(
+            server_round + self.offset, replies
+        )
+        return arrays, self.train_metrics
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        messages = list(
+            self.strategy.configure_evaluate(server_round + self.offset, arrays, config, grid)
+        )
+        self.bytes_sent += sum(_payload_bytes(m) for m in messages)
+        return messages
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        replies = list(replies)
+        self.bytes_received += sum(_payload_bytes(m) for m in replies)
+        self.eval_metrics = self.strategy.aggregate_evaluate(server_round + self.offset, replies)
+        return self.eval_metrics
+
+
+def _payload_bytes(msg: Message) -> int:
+    if msg.has_error():
+        return 0
+    return sum(record.count_bytes() for record in msg.content.array_records.values())
+
+
+def _metric(record: MetricRecord | None, key: str) -> float | None:
+    if record is None or key not in record:
+        return None
+    return float(record[key])  # type: ignore[arg-type]
+
+
+def server_test_set(cfg: RunConfig) -> Dataset | None:
+    """The held-out data the server evaluates on, if the run has any."""
+    if cfg.data.dataset != "files":
+        _, test_set, _ = partition_bundled(
+            cfg.data, clients=cfg.federation.clients, seed=cfg.federation.seed
+        )
+        return test_set
+    if cfg.server.test_data:
+        return load_file(cfg.server.test_data, schema_for(cfg.data))
+    return None
+
+
+def _comparable(cfg: RunConfig) -> dict[str, Any]:
+    raw = cfg.to_dict()
+    raw["federation"].pop("rounds")
+    raw.pop("server")
+    return raw
+
+
+def _attach_log_file(run_dir: Path) -> logging.Handler:
+    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(run_dir / "logs" / "server.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    for name in ("flwr", "fedlearn"):
+        logging.getLogger(name).addHandler(handler)
+    logging.getLogger("fedlearn").setLevel(logging.INFO)
+    return handler
+
+
+def run_federation(
+    grid: Grid,
+    *,
+    cfg: RunConfig,
+    run_dir: str | Path,
+    strategy: Strategy | None = None,
+    model_fn: ModelFactory = default_model,
+    test_set: Dataset | None = None,
+    resume: bool = False,
+    on_round: RoundCallback | None = None,
+) -> History:
+    """Run (or resume) a federation on ``grid`` and return its history.
+
+    Parameters
+    ----------
+    grid : Grid
+        Flower's grid (Simulation or Deployment Engine).
+    cfg : RunConfig
+        The validated run config.
+    run_dir : str or Path
+        Where config, history, checkpoints and logs are written.
+    strategy : Strategy, optional
+        Any Flower message-API strategy; defaults to ``cfg.federation.strategy``.
+    model_fn : ModelFactory
+        Builds the model (must match the clients').
+    test_set : Dataset, optional
+        Server-side held-out data for evaluating the global model.
+    resume : bool, default False
+        Continue from the run directory's last checkpoint.
+    on_round : RoundCallback, optional
+        Called after every round with its record.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = _attach_log_file(run_dir)
+    try:
+        return _run(grid, cfg, run_dir, strategy, model_fn, test_set, resume, on_round)
+    finally:
+        for name in ("flwr", "fedlearn"):
+            logging.getLogger(name).removeHandler(handler)
+        handler.close()
+
+
+def _run(
+    grid: Grid,
+    cfg: RunConfig,
+    run_dir: Path,
+    strategy: Strategy | None,
+    model_fn: ModelFactory,
+    test_set: Dataset | None,
+    resume: bool,
+    on_round: RoundCallback | None,
+) -> History:
+    fed = cfg.federation
+    inner = strategy or build_strategy(
+        fed.strategy, min_nodes=fed.clients, fraction_train=fed.fraction_train
+    )
+    if strategy is None and fed.fraction_evaluate != fed.fraction_train:
+        inner.fraction_evaluate = fed.fraction_evaluate  # type: ignore[attr-defined]
+    validated = ValidatedReplies(inner, min_replies=fed.min_train_clients)
+
+    history = History()
+    checkpoint = load_latest(run_dir / "checkpoints") if resume else None
+    if resume and checkpoint is None:
+        log.warning("--resume: no checkpoint in %s, starting from round 1", run_dir)
+    if checkpoint is not None:
+        saved = RunConfig.from_dict(checkpoint.meta["config"])
+        if _comparable(saved) != _comparable(cfg):
+            raise ConfigError(
+                f"cannot resume {run_dir}: its config differs from this one in more than "
+                "federation.rounds; start a new run directory instead"
+            )
+        history = History.from_dict(checkpoint.meta["history"])
+        import_state(inner, checkpoint.strategy_state)
+        initial = ArrayRecord(checkpoint.arrays)
+        done = checkpoint.round
+        log.info("resuming %s after round %d", run_dir, done)
+    else:
+        with torch.random.fork_rng(devices=[]):  # seeded init, caller's RNG untouched
+            torch.manual_seed(fed.seed)
+            initial = ArrayRecord(model_fn(cfg).state_dict())
+        done = 0
+    (run_dir / "config.toml").write_text(tomli_w.dumps(cfg.to_dict()), encoding="utf-8")
+
+    remaining = fed.rounds - done
+    if remaining <= 0:
+        log.info("all %d rounds already done", fed.rounds)
+        return history
+
+    recorder = _RoundRecorder(validated, offset=done)
+    eval_model = model_fn(cfg)
+
+    def on_round_end(current_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        if current_round == 0:
+            return None
+        server_round = current_round + done
+        report = validated.last_report
+        record = RoundRecord(
+            round=server_round,
+            federated_accuracy=_metric(recorder.eval_metrics, "accuracy"),
+            federated_loss=_metric(recorder.eval_metrics, "loss"),
+            train_loss=_metric(recorder.train_metrics, "train-loss"),
+            sampled=report.sampled,
+            accepted=report.accepted,
+            rejected={str(k): v for k, v in report.rejected.items()},
+            applied=report.applied,
+            seconds=time.perf_counter() - recorder.started,
+            bytes_sent=recorder.bytes_sent,
+            bytes_received=recorder.bytes_received,
+        )
+        metrics = MetricRecord()
+        if test_set is not None:
+            eval_model.load_state_dict(arrays.to_torch_state_dict())
+            result = evaluate(eval_model, test_set)
+            record.accuracy, record.loss = result.accuracy, result.loss
+            metrics = MetricRecord({"accuracy": result.accuracy, "loss": result.loss})
+        history.append(record)
+        save_checkpoint(
+            run_dir / "checkpoints",
+            round=server_round,
+            arrays={k: a.numpy() for k, a in arrays.items()},
+            strategy_state=export_state(inner),
+            meta={"config": cfg.to_dict(), "history": history.to_dict()},
+        )
+        history.save(run_dir / "history.json")
+        if on_round is not None:
+            on_round(record)
+        return metrics
+
+    train_config = ConfigRecord({CONFIG_KEY: cfg.to_json()})
+    recorder.start(
+        grid,
+        initial,
+        num_rounds=remaining,
+        timeout=fed.timeout,
+        train_config=train_config,
+        evaluate_config=ConfigRecord({CONFIG_KEY: cfg.to_json()}),
+        evaluate_fn=on_round_end,
+    )
+    history.save(run_dir / "history.json")
+    return history
+
+
+def make_server_app(
+    *,
+    cfg: RunConfig,
+    run_dir: str | Path,
+    strategy: Strategy | None = None,
+    model_fn: ModelFactory = default_model,
+    test_set: Dataset | None = None,
+    resume: bool = False,
+    on_round: RoundCallback | None = None,
+    result: list[History] | None = None,
+) -> ServerApp:
+    """Build a ServerApp that runs :func:`run_federation`; its history is appended to ``result``."""
+    app = ServerApp()
+
+    @app.main()
+    def _main(grid: Grid, context: Context) -> None:
+        history = run_federation(
+            grid, cfg=cfg, run_dir=run_dir, strategy=strategy, model_fn=model_fn,
+            test_set=test_set, resume=resume, on_round=on_round,
+        )
+        if result is not None:
+            result.append(history)
+
+    return app
+
+
+def _deployment_main(grid: Grid, context: Context) -> None:
+    """ServerApp entry point on the Deployment Engine (``fedlearn.server_app:app``).
+
+    Run config keys: ``config-path`` (the operator's run.toml), ``run-dir``,
+    and ``resume`` (bool).
+    """
+    run_config = context.run_config
+    cfg = RunConfig.load(str(run_config["config-path"]))
+    run_federation(
+        grid,
+        cfg=cfg,
+        run_dir=str(run_config["run-dir"]),
+        test_set=server_test_set(cfg),
+        resume=bool(run_config.get("resume", False)),
+    )
+
+
+#: The ServerApp the SuperLink runs in deployment.
+app = ServerApp()
+app.main()(_deployment_main)

@@ -1,0 +1,55 @@
+"""Built-in strategies by name, for config files and the CLI."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from flwr.serverapp.strategy import (
+    FedAdagrad,
+    FedAdam,
+    FedAvg,
+    FedAvgM,
+    FedMedian,
+    FedTrimmedAvg,
+    FedYogi,
+    Strategy,
+)
+
+__all__ = ["STRATEGIES", "build_strategy"]
+
+STRATEGIES: dict[str, Callable[..., Strategy]] = {
+    "fedavg": FedAvg,
+    "fedavgm": lambda **kw: FedAvgM(server_momentum=0.9, **kw),
+    "fedadam": FedAdam,
+    "fedyogi": FedYogi,
+    "fedadagrad": FedAdagrad,
+    "fedmedian": FedMedian,
+    "fedtrimmedavg": FedTrimmedAvg,
+}
+
+
+def build_strategy(name: str, *, min_nodes: int, fraction_train: float, **kwargs: Any) -> Strategy:
+    """Build a Flower strategy by name.
+
+    Parameters
+    ----------
+    name : str
+        One of :data:`STRATEGIES`.
+    min_nodes : int
+        Number of connected nodes to wait for before sampling.
+    fraction_train : float
+        Fraction of connected nodes sampled for training.
+    """
+    try:
+        factory = STRATEGIES[name]
+    except KeyError:
+        raise ValueError(f"unknown strategy {name!r}; choose from {sorted(STRATEGIES)}") from None
+    return factory(
+        fraction_train=fraction_train,
+        fraction_evaluate=fraction_train,
+        min_train_nodes=1,
+        min_evaluate_nodes=1,
+        min_available_nodes=min_nodes,
+        **kwargs,
+    )
