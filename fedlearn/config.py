@@ -48,7 +48,7 @@ class FederationConfig:
 
     Parameters
     ----------
-    rounds : int, default 20
+    rounds : int, default 15
         Number of federated rounds.
     clients : int, default 10
         Number of data holders (virtual SuperNodes in simulation; the number of
@@ -70,7 +70,7 @@ class FederationConfig:
         Seconds the server waits for replies in a round.
     """
 
-    rounds: int = 20
+    rounds: int = 15
     clients: int = 10
     fraction_train: float = 1.0
     fraction_evaluate: float = 1.0
@@ -224,18 +224,18 @@ class TrainConfig:
     ----------
     local_epochs : int, default 2
         Passes over the local data per round.
-    batch_size : int, default 32
+    batch_size : int, default 16
         Mini-batch size.
     learning_rate : float, default 0.05
         SGD learning rate.
-    momentum : float, default 0.0
+    momentum : float, default 0.9
         SGD momentum (reset every round: clients are stateless).
     """
 
     local_epochs: int = 2
-    batch_size: int = 32
+    batch_size: int = 16
     learning_rate: float = 0.05
-    momentum: float = 0.0
+    momentum: float = 0.9
 
     def __post_init__(self) -> None:
         _require(self.local_epochs >= 1, "train.local-epochs", "must be >= 1")

@@ -16,7 +16,7 @@ from torch import nn
 from fedlearn.config import TrainConfig
 from fedlearn.data import Dataset
 
-__all__ = ["EvalResult", "evaluate", "train"]
+__all__ = ["EvalResult", "evaluate", "train", "train_centralized"]
 
 
 @dataclass(frozen=True)
@@ -62,3 +62,18 @@ def evaluate(model: nn.Module, data: Dataset) -> EvalResult:
     loss = float(nn.functional.cross_entropy(logits, labels))
     accuracy = float((logits.argmax(dim=1) == labels).float().mean())
     return EvalResult(loss=loss, accuracy=accuracy, num_examples=len(data))
+
+
+def train_centralized(
+    model: nn.Module, data: Dataset, cfg: TrainConfig, *, rounds: int, seed: int
+) -> float:
+    """The baseline a federation is compared with: the same model and optimizer on
+    the pooled data, for as many epochs as each client trains in the whole run."""
+    epochs = cfg.local_epochs * rounds
+    pooled = TrainConfig(
+        local_epochs=epochs,
+        batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate,
+        momentum=cfg.momentum,
+    )
+    return train(model, data, pooled, seed=seed)

@@ -1,0 +1,72 @@
+"""What users see: a progress bar per round and the round table (rich)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from fedlearn.history import History, RoundRecord
+from fedlearn.server_app import RoundCallback
+
+__all__ = ["round_progress", "round_table"]
+
+
+def _fmt(value: float | None, spec: str = ".4f") -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000  # type: ignore[assignment]
+    raise AssertionError("unreachable")
+
+
+@contextmanager
+def round_progress(console: Console, *, rounds: int, first: int = 0) -> Iterator[RoundCallback]:
+    """A progress bar over the rounds; yields the callback that advances it."""
+    progress = Progress(
+        TextColumn("[bold]federated rounds"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+    task = progress.add_task("rounds", total=rounds, completed=first, status="starting engine…")
+
+    def on_round(record: RoundRecord) -> None:
+        accuracy = record.accuracy if record.accuracy is not None else record.federated_accuracy
+        progress.update(
+            task,
+            completed=record.round,
+            status=f"acc {_fmt(accuracy, '.3f')}  {record.accepted}/{record.sampled} clients",
+        )
+
+    with progress:
+        yield on_round
+
+
+def round_table(history: History, *, title: str = "Rounds") -> Table:
+    """The round table: round, accuracy, loss, time, bytes, clients."""
+    table = Table(title=title)
+    for name in ("round", "accuracy", "loss", "fed. acc.", "time (s)", "bytes sent", "clients"):
+        table.add_column(name, justify="right")
+    for r in history.rounds:
+        clients = f"{r.accepted}/{r.sampled}" + ("" if r.applied else " (skipped)")
+        table.add_row(
+            str(r.round),
+            _fmt(r.accuracy),
+            _fmt(r.loss),
+            _fmt(r.federated_accuracy),
+            f"{r.seconds:.2f}",
+            _bytes(r.bytes_sent + r.bytes_received),
+            clients,
+        )
+    return table
