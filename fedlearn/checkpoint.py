@@ -43,7 +43,7 @@ def _atomic_write(path: Path, write: Any) -> None:
 def save_checkpoint(
     directory: str | Path,
     *,
-    round: int,  # noqa: A002 - the natural name in this domain
+    round: int,
     arrays: dict[str, NDArray[Any]],
     strategy_state: dict[str, NDArray[Any]],
     meta: dict[str, Any],
@@ -54,7 +54,11 @@ def save_checkpoint(
     stem = f"round-{round:05d}"
     payload = {f"model/{k}": v for k, v in arrays.items()}
     payload.update({f"strategy/{k}": v for k, v in strategy_state.items()})
-    _atomic_write(directory / f"{stem}.npz", lambda fh: np.savez(fh, **payload))
+
+    def write_arrays(fh: Any) -> None:
+        np.savez(fh, **payload)  # type: ignore[arg-type]
+
+    _atomic_write(directory / f"{stem}.npz", write_arrays)
     body = json.dumps({"round": round, "arrays": f"{stem}.npz", "meta": meta}, indent=2)
     _atomic_write(directory / f"{stem}.json", lambda fh: fh.write(body.encode()))
     _atomic_write(directory / _POINTER, lambda fh: fh.write(json.dumps({"latest": stem}).encode()))
@@ -72,4 +76,6 @@ def load_latest(directory: str | Path) -> Checkpoint | None:
     with np.load(directory / info["arrays"], allow_pickle=False) as archive:
         arrays = {k[6:]: archive[k] for k in archive.files if k.startswith("model/")}
         state = {k[9:]: archive[k] for k in archive.files if k.startswith("strategy/")}
-    return Checkpoint(round=int(info["round"]), arrays=arrays, strategy_state=state, meta=info["meta"])
+    return Checkpoint(
+        round=int(info["round"]), arrays=arrays, strategy_state=state, meta=info["meta"]
+    )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import cast
 
 import numpy as np
 import torch
@@ -84,9 +85,7 @@ def node_data(context: Context, cfg: RunConfig) -> Dataset:
         if not 0 <= partition < len(parts):
             raise DataError(f"partition-id {partition} outside 0..{len(parts) - 1}")
         return parts[partition]
-    raise DataError(
-        "this node has no data: start it with --data PATH (node config 'data-path')"
-    )
+    raise DataError("this node has no data: start it with --data PATH (node config 'data-path')")
 
 
 def default_model(cfg: RunConfig) -> nn.Module:
@@ -161,10 +160,13 @@ def make_client_app(
         if isinstance(prepared, Message):
             return prepared
         cfg, model, train_set, _, client = prepared
-        server_round = int(msg.content["config"]["server-round"])
+        server_round = int(cast(int, msg.content.config_records["config"]["server-round"]))
         try:
             loss = train(
-                model, train_set, cfg.train, seed=client_seed(cfg.federation.seed, server_round, client)
+                model,
+                train_set,
+                cfg.train,
+                seed=client_seed(cfg.federation.seed, server_round, client),
             )
         except (ValueError, RuntimeError) as exc:
             return _error(msg, ErrorCode.TRAINING, f"local training failed: {exc}")

@@ -289,8 +289,10 @@ def _build_section(cls: type[Any], section: str, raw: dict[str, Any]) -> Any:
                 raise ConfigError(f"{section}.{key}: expected a list, got {value!r}")
             value = tuple(str(v) if name == "classes" else v for v in value)
         elif isinstance(default, bool) or not isinstance(value, type(default)):
-            if isinstance(default, float) and isinstance(value, int) and not isinstance(
-                value, bool
+            if (
+                isinstance(default, float)
+                and isinstance(value, int)
+                and not isinstance(value, bool)
             ):
                 value = float(value)
             elif type(value) is not type(default):
@@ -316,9 +318,7 @@ class RunConfig:
         """Build from a nested mapping (the parsed TOML), validating every key."""
         unknown = set(raw) - set(_SECTIONS)
         if unknown:
-            raise ConfigError(
-                f"unknown section(s) {sorted(unknown)}; known: {sorted(_SECTIONS)}"
-            )
+            raise ConfigError(f"unknown section(s) {sorted(unknown)}; known: {sorted(_SECTIONS)}")
         sections: dict[str, Any] = {}
         for name, section_cls in _SECTIONS.items():
             section_raw = raw.get(name, {})

@@ -145,9 +145,7 @@ def load_bundled(name: str) -> tuple[Dataset, tuple[str, ...]]:
     return Dataset(x, y), tuple(str(c) for c in range(10))
 
 
-def split_train_test(
-    data: Dataset, *, test_fraction: float, seed: int
-) -> tuple[Dataset, Dataset]:
+def split_train_test(data: Dataset, *, test_fraction: float, seed: int) -> tuple[Dataset, Dataset]:
     """Stratified, seeded split into train and held-out test sets."""
     rng = np.random.default_rng(seed)
     test_idx: list[int] = []
@@ -253,7 +251,9 @@ def load_file(path: str | Path, schema: Schema) -> Dataset:
     elif path.suffix.lower() == ".npz":
         data = _load_npz(path, schema)
     else:
-        raise DataError(f"{path}: unsupported file type {path.suffix!r}; use .csv, .npz or a folder")
+        raise DataError(
+            f"{path}: unsupported file type {path.suffix!r}; use .csv, .npz or a folder"
+        )
     if len(data) == 0:
         raise DataError(f"{path}: contains no examples; a client needs at least one to train")
     if not np.isfinite(data.x).all():

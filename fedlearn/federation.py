@@ -13,7 +13,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from flwr.serverapp.strategy import Strategy
 from torch import nn
@@ -50,12 +50,20 @@ class Federation:
         ``learning_rate``, ``batch_size``.
     """
 
-    _SHORTCUTS = {
-        "rounds": "federation", "clients": "federation", "seed": "federation",
-        "fraction_train": "federation", "fraction_evaluate": "federation",
-        "min_train_clients": "federation", "strategy_name": "federation",
-        "dataset": "data", "alpha": "data", "partitioner": "data",
-        "local_epochs": "train", "learning_rate": "train", "batch_size": "train",
+    _SHORTCUTS: ClassVar[dict[str, str]] = {
+        "rounds": "federation",
+        "clients": "federation",
+        "seed": "federation",
+        "fraction_train": "federation",
+        "fraction_evaluate": "federation",
+        "min_train_clients": "federation",
+        "strategy_name": "federation",
+        "dataset": "data",
+        "alpha": "data",
+        "partitioner": "data",
+        "local_epochs": "train",
+        "learning_rate": "train",
+        "batch_size": "train",
         "momentum": "train",
     }
 

@@ -37,4 +37,3 @@ def build_model(spec: ModelConfig, *, num_features: int, num_classes: int) -> nn
         width = hidden
     layers.append(nn.Linear(width, num_classes))
     return nn.Sequential(*layers)
-

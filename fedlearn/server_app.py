@@ -30,7 +30,7 @@ from typing import Any
 
 import tomli_w
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
@@ -220,7 +220,7 @@ def _run(
             )
         history = History.from_dict(checkpoint.meta["history"])
         import_state(inner, checkpoint.strategy_state)
-        initial = ArrayRecord(checkpoint.arrays)
+        initial = ArrayRecord({k: Array(v) for k, v in checkpoint.arrays.items()})
         done = checkpoint.round
         log.info("resuming %s after round %d", run_dir, done)
     else:
@@ -306,8 +306,14 @@ def make_server_app(
     @app.main()
     def _main(grid: Grid, context: Context) -> None:
         history = run_federation(
-            grid, cfg=cfg, run_dir=run_dir, strategy=strategy, model_fn=model_fn,
-            test_set=test_set, resume=resume, on_round=on_round,
+            grid,
+            cfg=cfg,
+            run_dir=run_dir,
+            strategy=strategy,
+            model_fn=model_fn,
+            test_set=test_set,
+            resume=resume,
+            on_round=on_round,
         )
         if result is not None:
             result.append(history)

@@ -16,7 +16,13 @@ from flwr.app import Context
 from flwr.serverapp.strategy import Strategy
 from flwr.simulation import run_simulation
 
-from fedlearn.client_app import DataProvider, ModelFactory, default_model, make_client_app, node_data
+from fedlearn.client_app import (
+    DataProvider,
+    ModelFactory,
+    default_model,
+    make_client_app,
+    node_data,
+)
 from fedlearn.config import RunConfig
 from fedlearn.data import Dataset
 from fedlearn.history import History
@@ -80,17 +86,21 @@ def simulate(
     """
     run_dir = Path(run_dir).resolve()
     if partitions is not None and len(partitions) != cfg.federation.clients:
-        raise ValueError(
-            f"got {len(partitions)} partitions for {cfg.federation.clients} clients"
-        )
+        raise ValueError(f"got {len(partitions)} partitions for {cfg.federation.clients} clients")
     if test_set is None and partitions is None:
         test_set = server_test_set(cfg)
     for key, value in flower_environment(run_dir / ".flwr").items():
         os.environ.setdefault(key, value)
     result: list[History] = []
     server_app = make_server_app(
-        cfg=cfg, run_dir=run_dir, strategy=strategy, model_fn=model_fn, test_set=test_set,
-        resume=resume, on_round=on_round, result=result,
+        cfg=cfg,
+        run_dir=run_dir,
+        strategy=strategy,
+        model_fn=model_fn,
+        test_set=test_set,
+        resume=resume,
+        on_round=on_round,
+        result=result,
     )
     client_app = make_client_app(
         data=node_data if partitions is None else _partition_provider(partitions),

@@ -41,7 +41,7 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, seed: int) -> fl
     total, count = 0.0, 0
     for _ in range(cfg.local_epochs):
         order = torch.from_numpy(rng.permutation(len(data)))
-        for batch in order.split(cfg.batch_size):
+        for batch in torch.split(order, cfg.batch_size):
             optimizer.zero_grad()
             loss = loss_fn(model(x[batch]), y[batch])
             loss.backward()
@@ -67,8 +67,11 @@ def evaluate(model: nn.Module, data: Dataset) -> EvalResult:
 def train_centralized(
     model: nn.Module, data: Dataset, cfg: TrainConfig, *, rounds: int, seed: int
 ) -> float:
-    """The baseline a federation is compared with: the same model and optimizer on
-    the pooled data, for as many epochs as each client trains in the whole run."""
+    """Train the centralized baseline a federation is compared with.
+
+    The same model and optimizer on the pooled data, for as many epochs as
+    each client trains in the whole run.
+    """
     epochs = cfg.local_epochs * rounds
     pooled = TrainConfig(
         local_epochs=epochs,

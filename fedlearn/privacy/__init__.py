@@ -1,4 +1,3 @@
-"""Differential privacy (local DP-SGD, central and distributed DP), the privacy ledger,
-and secure aggregation."""
+"""Differential privacy, the privacy ledger and secure aggregation."""
 
 __all__: list[str] = []

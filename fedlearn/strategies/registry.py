@@ -40,6 +40,8 @@ def build_strategy(name: str, *, min_nodes: int, fraction_train: float, **kwargs
         Number of connected nodes to wait for before sampling.
     fraction_train : float
         Fraction of connected nodes sampled for training.
+    **kwargs
+        Passed to the strategy's constructor.
     """
     try:
         factory = STRATEGIES[name]

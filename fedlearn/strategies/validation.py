@@ -120,13 +120,19 @@ class ValidatedReplies(Strategy):
                 valid.append(msg)
             else:
                 report.rejected[msg.metadata.src_node_id] = reason
-                log.warning("round %d: update from node %d rejected: %s",
-                            server_round, msg.metadata.src_node_id, reason)
+                log.warning(
+                    "round %d: update from node %d rejected: %s",
+                    server_round,
+                    msg.metadata.src_node_id,
+                    reason,
+                )
         report.accepted = len(valid)
         if len(valid) < self.min_replies:
             log.warning(
                 "round %d skipped: %d valid update(s), the rule needs %d; global model unchanged",
-                server_round, len(valid), self.min_replies,
+                server_round,
+                len(valid),
+                self.min_replies,
             )
             return None, None
         # Aggregate in a fixed order so that floating-point sums are reproducible.
@@ -146,7 +152,8 @@ class ValidatedReplies(Strategy):
     ) -> MetricRecord | None:
         """Aggregate evaluation replies that carry a usable example count."""
         valid = [
-            m for m in replies
+            m
+            for m in replies
             if not m.has_error()
             and len(m.content.metric_records) == 1
             and isinstance(
