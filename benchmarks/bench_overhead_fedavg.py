@@ -48,9 +48,9 @@ __all__ = ["overhead_fedavg"]
 CLIENTS = 10
 #: (rounds per run, repetitions per variant, variants) for each mode.
 SETTINGS: dict[str, dict[str, Any]] = {
-    "quick": {"rounds": 6, "repetitions": 2, "variants": ["bare", "fedlearn"]},
+    "quick": {"rounds": 8, "repetitions": 2, "variants": ["bare", "fedlearn"]},
     "full": {
-        "rounds": 12,
+        "rounds": 16,
         "repetitions": 2,
         "variants": ["bare", "fedlearn", "fedlearn_in_memory"],
     },

@@ -157,6 +157,169 @@ def simulate_cmd(
         print(json.dumps(summary, indent=2))
 
 
+@app.command()
+def server(
+    config: Annotated[Path, typer.Option(help="Run config (TOML).")],
+    run_dir: Annotated[Path | None, typer.Option(help="Run directory.")] = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue this run directory from its last checkpoint.")
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address SuperNodes connect to.")] = "0.0.0.0",
+    port: Annotated[int, typer.Option(help="SuperLink port (Fleet + Control APIs).")] = 9092,
+    certificates: Annotated[
+        Path | None,
+        typer.Option(help="Folder with ca.crt, server.pem, server.key (default: create a CA)."),
+    ] = None,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Disable TLS (trusted test networks only).")
+    ] = False,
+    supernode_auth: Annotated[
+        bool, typer.Option("--supernode-auth", help="Only registered SuperNodes may join.")
+    ] = False,
+    authorized_key: Annotated[
+        list[Path] | None, typer.Option(help="A SuperNode public key to register (repeatable).")
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds the whole run may take.")] = 3600.0,
+) -> None:
+    """Run the federation on Flower's Deployment Engine (SuperLink + ServerApp).
+
+    Data holders join with `fedlearn client --superlink HOST:PORT --data FILE`.
+    """
+    from fedlearn.deployment import SuperLinkSettings, serve
+    from fedlearn.reporting import round_table
+    from fedlearn.tls import Certificates, make_certificates
+
+    try:
+        cfg = RunConfig.load(config)
+    except ConfigError as exc:
+        raise _fail(str(exc), "fix the config file") from None
+    target = (resume or run_dir or _default_run_dir("server")).resolve()
+    if insecure:
+        if certificates is not None or supernode_auth:
+            raise _fail("--insecure cannot be combined with --certificates or --supernode-auth")
+        err.print("[bold red]WARNING: --insecure: no TLS; updates travel in the clear.[/]")
+        certs = None
+    elif certificates is not None:
+        try:
+            certs = Certificates.in_directory(certificates)
+        except FileNotFoundError as exc:
+            raise _fail(str(exc)) from None
+    else:
+        hosts = ("127.0.0.1", "localhost") if host in ("0.0.0.0", "127.0.0.1") else (host,)
+        certs = make_certificates(target / "certs", hosts=hosts)
+        err.print(f"created a CA for this federation; give data holders {certs.ca}")
+    settings = SuperLinkSettings(
+        host=host,
+        port=port,
+        certificates=certs,
+        supernode_auth=supernode_auth,
+        database=target / "superlink.db",
+    )
+    err.print(
+        f"[bold]fedlearn server[/]: {cfg.federation.rounds} rounds, waiting for "
+        f"{cfg.federation.clients} SuperNodes on {host}:{port} "
+        f"({'TLS' if certs else 'INSECURE'}) → {target}"
+    )
+
+    def on_progress(history: Any) -> None:
+        last = history.rounds[-1] if history.rounds else None
+        if last is not None:
+            err.print(
+                f"round {last.round}/{cfg.federation.rounds}: accuracy "
+                f"{last.accuracy if last.accuracy is not None else last.federated_accuracy}, "
+                f"{last.accepted}/{last.sampled} clients"
+            )
+
+    try:
+        history = serve(
+            config_path=config,
+            run_dir=target,
+            settings=settings,
+            authorized_keys=tuple(authorized_key or ()),
+            resume=resume is not None,
+            timeout=timeout,
+            on_progress=on_progress,
+        )
+    except (RuntimeError, TimeoutError) as exc:
+        raise _fail(
+            str(exc), f"see the logs in {target / 'logs'}; resume with --resume {target}"
+        ) from None
+    out.print(round_table(history, title=f"fedlearn — {target}"))
+
+
+@app.command()
+def client(
+    superlink: Annotated[str, typer.Option(help="SuperLink address HOST:PORT.")],
+    data: Annotated[Path, typer.Option(help="Your CSV file, NPZ file or image folder.")],
+    label_column: Annotated[
+        str | None, typer.Option(help="Name of the label column in your CSV.")
+    ] = None,
+    root_certificates: Annotated[
+        Path | None, typer.Option(help="The federation's CA certificate (ca.crt).")
+    ] = None,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Connect without TLS (test networks only).")
+    ] = False,
+    auth_key: Annotated[
+        Path | None, typer.Option(help="Private key registered with the operator.")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="The run's config, to check your file before joining.")
+    ] = None,
+    partition_id: Annotated[int | None, typer.Option(help="Stable client number.")] = None,
+    port: Annotated[int, typer.Option(help="Local port of this node's runtime API (0: any).")] = 0,
+) -> None:
+    """Join a federation as a data holder: train on your own file; the data never leaves.
+
+    The run's schema (features, label column, classes) arrives with the first
+    round and your file is checked against it before any training; give
+    --config to check it right now.
+    """
+    import os
+
+    from fedlearn.data import load_file, schema_for
+    from fedlearn.deployment import flower_process_env, supernode_command
+    from fedlearn.processes import free_port
+
+    if not data.exists():
+        raise _fail(f"data file not found: {data}", "pass the path of your CSV, NPZ or folder")
+    if insecure == (root_certificates is not None):
+        raise _fail(
+            "give exactly one of --root-certificates CA_FILE or --insecure",
+            "ask the operator for the federation's ca.crt",
+        )
+    if root_certificates is not None and not root_certificates.is_file():
+        raise _fail(f"CA certificate not found: {root_certificates}")
+    if config is not None:
+        try:
+            cfg = RunConfig.load(config)
+            schema = schema_for(cfg.data)
+            if label_column:
+                schema = type(schema)(**{**schema.__dict__, "label_column": label_column})
+            local = load_file(data, schema)
+        except (ConfigError, DataError) as exc:
+            raise _fail(str(exc), "fix your file (or --label-column) before joining") from None
+        err.print(f"{data}: {len(local)} examples match the run's schema")
+    if insecure:
+        err.print("[bold red]WARNING: --insecure: no TLS; your updates travel in the clear.[/]")
+    try:
+        cmd = supernode_command(
+            superlink=superlink,
+            data_path=data,
+            root_certificates=root_certificates,
+            port=port or free_port(),
+            label_column=label_column,
+            partition_id=partition_id,
+            auth_key=auth_key,
+        )
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    home = Path(os.environ.get("FLWR_HOME", Path.home() / ".flwr"))
+    err.print(f"joining {superlink} with {data} (raw data stays on this machine)")
+    # Become the SuperNode: whoever started `fedlearn client` owns its PID.
+    os.execve(cmd[0], cmd, flower_process_env(home))
+
+
 def main() -> None:
     """Console entry point."""
     try:

@@ -17,12 +17,15 @@ Run directory layout::
     RUN_DIR/config.toml      the validated config the run used
     RUN_DIR/history.json     one record per round (+ summary)
     RUN_DIR/checkpoints/     round-NNNNN.npz / .json, latest.json
+    RUN_DIR/status.json      running | completed | failed (+ reason)
     RUN_DIR/logs/server.log  Flower's and fedlearn's log
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -136,6 +139,13 @@ def _comparable(cfg: RunConfig) -> dict[str, Any]:
     return raw
 
 
+def _write_status(run_dir: Path, state: str, detail: str = "") -> None:
+    """Record the run's state in ``status.json`` (what ``fedlearn server`` follows)."""
+    tmp = run_dir / "status.json.tmp"
+    tmp.write_text(json.dumps({"state": state, "detail": detail}), encoding="utf-8")
+    os.replace(tmp, run_dir / "status.json")
+
+
 def _attach_log_file(run_dir: Path) -> logging.Handler:
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(run_dir / "logs" / "server.log", encoding="utf-8")
@@ -181,8 +191,16 @@ def run_federation(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     handler = _attach_log_file(run_dir)
+    _write_status(run_dir, "running")
     try:
-        return _run(grid, cfg, run_dir, strategy, model_fn, test_set, resume, on_round)
+        history = _run(grid, cfg, run_dir, strategy, model_fn, test_set, resume, on_round)
+    except BaseException as exc:
+        log.exception("run failed")
+        _write_status(run_dir, "failed", f"{type(exc).__name__}: {exc}")
+        raise
+    else:
+        _write_status(run_dir, "completed")
+        return history
     finally:
         for name in ("flwr", "fedlearn"):
             logging.getLogger(name).removeHandler(handler)
