@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -29,6 +30,14 @@ def _fail(message: str, hint: str = "") -> typer.Exit:
     if hint:
         err.print(f"[yellow]next:[/] {hint}")
     return typer.Exit(code=2)
+
+
+def _log_to_console() -> None:
+    from rich.logging import RichHandler
+
+    logger = logging.getLogger("fedlearn")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(RichHandler(console=err, show_path=False))
 
 
 def _default_run_dir(prefix: str) -> Path:
@@ -189,6 +198,7 @@ def server(
     from fedlearn.reporting import round_table
     from fedlearn.tls import Certificates, make_certificates
 
+    _log_to_console()
     try:
         cfg = RunConfig.load(config)
     except ConfigError as exc:

@@ -13,6 +13,7 @@ import tomli_w
 from fedlearn.checkpoint import load_latest
 from fedlearn.config import RunConfig
 from fedlearn.data import iid_partition, load_bundled, split_train_test, write_csv
+from fedlearn.deployment import FlowerCli
 from fedlearn.history import History
 from fedlearn.processes import ProcessGroup, free_port, https_healthy, wait_until
 from fedlearn.tls import make_certificates, make_node_keypair
@@ -196,20 +197,21 @@ def test_supernode_authentication_refuses_an_unregistered_node(federation: dict[
             ),
             env=_env(root / "home-member"),
         )
-        # The registered node is accepted and stays connected.
+        # The registered node is accepted: the SuperLink lists it as online.
+        cli = FlowerCli(address=f"127.0.0.1:{port}", ca=certs.ca, home=root / "operator")
+
+        def member_online() -> bool:
+            nodes = cli.call("supernode", "list", "fedlearn")["nodes"]
+            return any(n["status"] == "online" for n in nodes)
+
         wait_until(
-            lambda: (
-                "Failed" not in group.log_tail("member") and _connected(group.log_tail("member"))
-            ),
+            member_online,
             timeout=120,
             what="registered SuperNode",
+            interval=2.0,
             check=lambda: group.check_alive("member"),
         )
         assert member.poll() is None
-
-
-def _connected(log: str) -> bool:
-    return "Starting Flower SuperNode" in log or "SuperNode" in log
 
 
 def _env(home: Path) -> dict[str, str]:

@@ -80,4 +80,8 @@ def test_notebook_runs(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPat
         timeout=CELL_TIMEOUT,
         resources={"metadata": {"path": str(workdir)}},
     )
-    client.execute()  # raises CellExecutionError (with the cell's traceback) on failure
+    try:
+        client.execute()  # raises CellExecutionError (with the cell's traceback) on failure
+    finally:
+        # Keep what ran, with outputs, next to the run's files for post-mortems.
+        nbformat.write(nb, workdir / path.name)
