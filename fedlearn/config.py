@@ -24,6 +24,7 @@ __all__ = [
     "DataConfig",
     "FederationConfig",
     "ModelConfig",
+    "PrivacyConfig",
     "RunConfig",
     "ServerConfig",
     "TrainConfig",
@@ -31,6 +32,7 @@ __all__ = [
 
 BUNDLED_DATASETS = ("digits", "mnist")
 PARTITIONERS = ("dirichlet", "iid")
+CENTRAL_DP_MODES = ("none", "server", "client", "distributed")
 
 
 class ConfigError(ValueError):
@@ -266,12 +268,75 @@ class ServerConfig:
     test_data: str = ""
 
 
+@dataclass(frozen=True, kw_only=True)
+class PrivacyConfig:
+    """Differential privacy of the run (see :mod:`fedlearn.privacy`).
+
+    Parameters
+    ----------
+    local_dp : bool, default False
+        Record-level DP-SGD (Opacus) on every client.
+    noise_multiplier : float, default 0.0
+        DP-SGD noise multiplier σ; 0 means: calibrate σ per client so that the
+        planned rounds end exactly at ``target_epsilon`` (never above).
+    target_epsilon : float, default 3.0
+        ε per client after all planned rounds, when σ is calibrated.
+    delta : float, default 1e-5
+        δ of the run's guarantees.
+    max_grad_norm : float, default 1.0
+        Per-example gradient clipping norm C of DP-SGD.
+    accountant : str, default "rdp"
+        ``"rdp"`` or ``"pld"`` (both from ``dp_accounting``).
+    client_epsilon_budget : float, default 0.0
+        Simulation only: the ε budget every simulated data holder enforces
+        (0: none). Real data holders set their own (``fedlearn client --epsilon-budget``).
+    central_dp : str, default "none"
+        User-level DP on the aggregate: ``"none"``, ``"server"`` (the server
+        clips each update and adds noise), ``"client"`` (clients clip, the
+        server adds noise) or ``"distributed"`` (clients clip and each adds
+        its share of the noise, so nobody sees an un-noised update).
+    central_noise_multiplier : float, default 1.0
+        σ of the user-level Gaussian mechanism (noise std = σ·C on the sum).
+    central_clipping_norm : float, default 1.0
+        Clipping norm C of each client's update (user level).
+    """
+
+    local_dp: bool = False
+    noise_multiplier: float = 0.0
+    target_epsilon: float = 3.0
+    delta: float = 1e-5
+    max_grad_norm: float = 1.0
+    accountant: str = "rdp"
+    client_epsilon_budget: float = 0.0
+    central_dp: str = "none"
+    central_noise_multiplier: float = 1.0
+    central_clipping_norm: float = 1.0
+
+    def __post_init__(self) -> None:
+        _require(self.noise_multiplier >= 0, "privacy.noise-multiplier", "must be >= 0")
+        _require(self.target_epsilon > 0, "privacy.target-epsilon", "must be > 0")
+        _require(0 < self.delta < 1, "privacy.delta", f"must be in (0, 1), got {self.delta}")
+        _require(self.max_grad_norm > 0, "privacy.max-grad-norm", "must be > 0")
+        _require(self.accountant in ("rdp", "pld"), "privacy.accountant", "must be 'rdp' or 'pld'")
+        _require(self.client_epsilon_budget >= 0, "privacy.client-epsilon-budget", "must be >= 0")
+        _require(
+            self.central_dp in CENTRAL_DP_MODES,
+            "privacy.central-dp",
+            f"must be one of {list(CENTRAL_DP_MODES)}, got {self.central_dp!r}",
+        )
+        _require(
+            self.central_noise_multiplier > 0, "privacy.central-noise-multiplier", "must be > 0"
+        )
+        _require(self.central_clipping_norm > 0, "privacy.central-clipping-norm", "must be > 0")
+
+
 _SECTIONS: dict[str, type[Any]] = {
     "federation": FederationConfig,
     "data": DataConfig,
     "model": ModelConfig,
     "train": TrainConfig,
     "server": ServerConfig,
+    "privacy": PrivacyConfig,
 }
 
 
@@ -312,6 +377,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Self:
