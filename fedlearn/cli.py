@@ -81,6 +81,10 @@ def demo(
     seed: Annotated[int, typer.Option(help="Seed for data split, model and training.")] = 42,
     dataset: Annotated[str, typer.Option(help="Bundled dataset: digits or mnist.")] = "digits",
     alpha: Annotated[float, typer.Option(help="Dirichlet non-IID concentration.")] = 0.5,
+    epsilon: Annotated[
+        float, typer.Option(help="Each data holder's ε for the whole run (local DP-SGD).")
+    ] = 8.0,
+    no_dp: Annotated[bool, typer.Option("--no-dp", help="Train without DP, to compare.")] = False,
     run_dir: Annotated[Path | None, typer.Option(help="Run directory.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
@@ -100,6 +104,11 @@ def demo(
         cfg = RunConfig().with_overrides(
             federation={"rounds": rounds, "clients": clients, "seed": seed},
             data={"dataset": dataset, "alpha": alpha},
+            privacy={
+                "local_dp": not no_dp,
+                "target_epsilon": epsilon,
+                "client_epsilon_budget": epsilon,
+            },
         )
         parts, test_set, _ = partition_bundled(cfg.data, clients=clients, seed=seed)
     except (ConfigError, DataError) as exc:

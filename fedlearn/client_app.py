@@ -10,13 +10,17 @@ the SuperNode.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
 from typing import cast
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from torch import nn
 
@@ -30,10 +34,20 @@ from fedlearn.data import (
     split_validation,
 )
 from fedlearn.models import build_model
+from fedlearn.privacy.accounting import calibrate_noise_multiplier
+from fedlearn.privacy.holder import (
+    HolderPrivacy,
+    data_fingerprint,
+    default_ledger_dir,
+    release_key,
+)
+from fedlearn.privacy.ledger import BudgetExceeded, PrivacyBudget, release_event
+from fedlearn.privacy.local_dp import check_dp_compatible, plan_dp_sgd, train_dp_sgd
 from fedlearn.training import evaluate, train
 
 __all__ = [
     "CONFIG_KEY",
+    "PRIVACY_KEY",
     "DataProvider",
     "ErrorCode",
     "ModelFactory",
@@ -46,6 +60,8 @@ log = logging.getLogger(__name__)
 
 #: Key of the run config (JSON) inside the ConfigRecord the server sends.
 CONFIG_KEY = "fedlearn-run-config"
+#: Key of the ConfigRecord in which a client reports its privacy-ledger entry.
+PRIVACY_KEY = "privacy"
 
 #: ``(context, run config) -> the client's whole local dataset``.
 DataProvider = Callable[[Context, RunConfig], Dataset]
@@ -60,6 +76,7 @@ class ErrorCode:
     DATA = 1002
     MODEL = 1003
     TRAINING = 1004
+    BUDGET = 1005
 
 
 def node_data(context: Context, cfg: RunConfig) -> Dataset:
@@ -108,8 +125,106 @@ def _error(msg: Message, code: int, reason: str) -> Message:
     return Message(Error(code=code, reason=reason), reply_to=msg)
 
 
+def _budget(context: Context, cfg: RunConfig) -> PrivacyBudget | None:
+    node_cfg = context.node_config
+    delta = float(cast(float, node_cfg.get("delta", cfg.privacy.delta)))
+    if "epsilon-budget" in node_cfg:
+        return PrivacyBudget(epsilon=float(cast(float, node_cfg["epsilon-budget"])), delta=delta)
+    if cfg.privacy.client_epsilon_budget > 0:
+        return PrivacyBudget(epsilon=cfg.privacy.client_epsilon_budget, delta=delta)
+    return None
+
+
+def _private_train(
+    msg: Message,
+    context: Context,
+    cfg: RunConfig,
+    model: nn.Module,
+    train_set: Dataset,
+    client: int,
+    ledger_dir: Path,
+) -> Message:
+    """One round of DP-SGD under the holder's own, persistent budget."""
+    server_round = int(cast(int, msg.content.config_records["config"]["server-round"]))
+    privacy = cfg.privacy
+    budget = _budget(context, cfg)
+    state = HolderPrivacy.open(
+        Path(str(context.node_config.get("ledger-dir", ledger_dir))),
+        fingerprint=data_fingerprint(train_set),
+        delta=budget.delta if budget else privacy.delta,
+        accountant=privacy.accountant,  # type: ignore[arg-type]
+        holder=f"client {client}",
+    )
+    try:
+        unit = plan_dp_sgd(
+            num_examples=len(train_set),
+            train=cfg.train,
+            noise_multiplier=1.0,
+            max_grad_norm=privacy.max_grad_norm,
+        )
+        sigma = privacy.noise_multiplier or calibrate_noise_multiplier(
+            target_epsilon=privacy.target_epsilon,
+            delta=privacy.delta,
+            sample_rate=unit.sample_rate,
+            steps=unit.steps * cfg.federation.rounds,
+            accountant=privacy.accountant,  # type: ignore[arg-type]
+        )
+        plan = replace(unit, noise_multiplier=sigma)
+        check_dp_compatible(model)
+    except ValueError as exc:
+        return _error(msg, ErrorCode.TRAINING, f"cannot run DP-SGD: {exc}")
+    run = hashlib.sha256(json.dumps({**cfg.to_dict(), "server": None}, sort_keys=True).encode())
+    key = release_key(
+        run=run.hexdigest(),
+        server_round=server_round,
+        model={k: v.numpy() for k, v in msg.content.array_records["arrays"].items()},
+    )
+    if budget is not None and key not in state.released:
+        event = release_event(
+            mechanism="dpsgd",
+            noise_multiplier=plan.noise_multiplier,
+            steps=plan.steps,
+            sample_rate=plan.sample_rate,
+        )
+        try:
+            budget.check(state.ledger, event)
+        except BudgetExceeded as exc:
+            first = " (the budget is smaller than one round)" if not len(state.ledger) else ""
+            return _error(msg, ErrorCode.BUDGET, f"{exc}{first}")
+    loss = train_dp_sgd(model, train_set, cfg.train, plan=plan, generator=state.generator(key))
+    entry = state.record(
+        key,
+        round=server_round,
+        mechanism="dpsgd",
+        noise_multiplier=plan.noise_multiplier,
+        clipping_norm=plan.max_grad_norm,
+        steps=plan.steps,
+        sample_rate=plan.sample_rate,
+    )
+    report = ConfigRecord(
+        {
+            "client": str(client),
+            "epsilon": entry.cumulative_epsilon,
+            "round-epsilon": entry.epsilon,
+            "delta": entry.delta,
+            "noise-multiplier": entry.noise_multiplier,
+            "clipping-norm": entry.clipping_norm,
+            "sample-rate": entry.sample_rate,
+            "steps": entry.steps,
+        }
+    )
+    metrics = MetricRecord({"num-examples": len(train_set), "train-loss": loss})
+    content = RecordDict(
+        {"arrays": ArrayRecord(model.state_dict()), "metrics": metrics, PRIVACY_KEY: report}
+    )
+    return Message(content=content, reply_to=msg)
+
+
 def make_client_app(
-    *, data: DataProvider = node_data, model_fn: ModelFactory = default_model
+    *,
+    data: DataProvider = node_data,
+    model_fn: ModelFactory = default_model,
+    ledger_dir: str | Path | None = None,
 ) -> ClientApp:
     """Build the ClientApp.
 
@@ -119,6 +234,9 @@ def make_client_app(
         Where each node's data comes from.
     model_fn : ModelFactory, default the model named in the run config
         Builds the untrained model that the global weights are loaded into.
+    ledger_dir : str or Path, optional
+        Where holders keep their privacy ledgers when the node config names
+        none (``ledger-dir``); default ``~/.fedlearn/ledgers``.
 
     Examples
     --------
@@ -160,6 +278,16 @@ def make_client_app(
         if isinstance(prepared, Message):
             return prepared
         cfg, model, train_set, _, client = prepared
+        if cfg.privacy.local_dp:
+            return _private_train(
+                msg,
+                context,
+                cfg,
+                model,
+                train_set,
+                client,
+                Path(ledger_dir) if ledger_dir is not None else default_ledger_dir(),
+            )
         server_round = int(cast(int, msg.content.config_records["config"]["server-round"]))
         try:
             loss = train(

@@ -20,7 +20,10 @@ class RoundRecord:
 
     ``accuracy``/``loss`` are measured by the server on held-out data when it
     has some; ``federated_accuracy``/``federated_loss`` are the example-weighted
-    means the clients report on their own local validation data.
+    means the clients report on their own local validation data. ``privacy``
+    holds each client's privacy-ledger entry for the round (ε spent so far,
+    this round's ε, δ, noise multiplier, clipping norm, sampling rate, steps)
+    and ``central_privacy`` the server's for user-level DP.
     """
 
     round: int
@@ -36,6 +39,14 @@ class RoundRecord:
     seconds: float = 0.0
     bytes_sent: int = 0
     bytes_received: int = 0
+    privacy: dict[str, dict[str, float]] = field(default_factory=dict)
+    central_privacy: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def max_client_epsilon(self) -> float | None:
+        """The largest cumulative ε any client reported after this round."""
+        values = [p["epsilon"] for p in self.privacy.values() if "epsilon" in p]
+        return max(values) if values else None
 
 
 @dataclass
@@ -108,9 +119,12 @@ class History:
         baseline = self.summary.get("centralized_accuracy")
         if baseline is not None:
             ax_acc.axhline(baseline, color="grey", linestyle="--", label="centralized")
+        from matplotlib.ticker import MaxNLocator
+
         ax_acc.set(xlabel="round", ylabel="accuracy", title="Accuracy")
         ax_loss.set(xlabel="round", ylabel="loss", title="Loss")
         for ax in (ax_acc, ax_loss):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
             ax.legend()
         fig.tight_layout()

@@ -56,11 +56,16 @@ def round_progress(console: Console, *, rounds: int, first: int = 0) -> Iterator
 def round_table(history: History, *, title: str = "Rounds") -> Table:
     """The round table: round, accuracy, loss, time, bytes, clients."""
     table = Table(title=title)
-    for name in ("round", "accuracy", "loss", "fed. acc.", "time (s)", "bytes sent", "clients"):
+    private = any(r.privacy for r in history.rounds)
+    central = any(r.central_privacy for r in history.rounds)
+    columns = ["round", "accuracy", "loss", "fed. acc.", "time (s)", "bytes sent", "clients"]
+    columns += ["ε client (max)"] if private else []
+    columns += ["ε central"] if central else []
+    for name in columns:
         table.add_column(name, justify="right")
     for r in history.rounds:
         clients = f"{r.accepted}/{r.sampled}" + ("" if r.applied else " (skipped)")
-        table.add_row(
+        row = [
             str(r.round),
             _fmt(r.accuracy),
             _fmt(r.loss),
@@ -68,5 +73,10 @@ def round_table(history: History, *, title: str = "Rounds") -> Table:
             f"{r.seconds:.2f}",
             _bytes(r.bytes_sent + r.bytes_received),
             clients,
-        )
+        ]
+        if private:
+            row.append(_fmt(r.max_client_epsilon, ".3f"))
+        if central:
+            row.append(_fmt(r.central_privacy.get("epsilon"), ".3f"))
+        table.add_row(*row)
     return table

@@ -38,7 +38,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
 from fedlearn.checkpoint import load_latest, save_checkpoint
-from fedlearn.client_app import CONFIG_KEY, ModelFactory, default_model
+from fedlearn.client_app import CONFIG_KEY, PRIVACY_KEY, ModelFactory, default_model
 from fedlearn.config import ConfigError, RunConfig
 from fedlearn.data import Dataset, load_file, partition_bundled, schema_for
 from fedlearn.history import History, RoundRecord
@@ -64,6 +64,7 @@ class _RoundRecorder(Strategy):
         self.bytes_received = 0
         self.train_metrics: MetricRecord | None = None
         self.eval_metrics: MetricRecord | None = None
+        self.privacy: dict[str, dict[str, float]] = {}
 
     def summary(self) -> None:
         self.strategy.summary()
@@ -85,6 +86,16 @@ class _RoundRecorder(Strategy):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         self.bytes_received += sum(_payload_bytes(m) for m in replies)
+        self.privacy = {}
+        for msg in replies:
+            if not msg.has_error() and PRIVACY_KEY in msg.content.config_records:
+                report = msg.content.config_records[PRIVACY_KEY]
+                client = str(report.get("client", msg.metadata.src_node_id))
+                self.privacy[client] = {
+                    k: float(v)
+                    for k, v in report.items()
+                    if isinstance(v, int | float) and k != "client"
+                }
         arrays, self.train_metrics = self.strategy.aggregate_train(
             server_round + self.offset, replies
         )
@@ -273,6 +284,7 @@ def _run(
             seconds=time.perf_counter() - recorder.started,
             bytes_sent=recorder.bytes_sent,
             bytes_received=recorder.bytes_received,
+            privacy=recorder.privacy,
         )
         metrics = MetricRecord()
         if test_set is not None:
@@ -293,6 +305,16 @@ def _run(
             on_round(record)
         return metrics
 
+    # Flower sizes a round's sample from the nodes connected when the round
+    # starts; waiting for all of them first keeps round 1 the same as the others.
+    deadline = time.monotonic() + fed.timeout
+    while len(list(grid.get_node_ids())) < fed.clients:
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"only {len(list(grid.get_node_ids()))} of {fed.clients} clients connected "
+                f"within {fed.timeout:.0f} s"
+            )
+        time.sleep(0.2)
     train_config = ConfigRecord({CONFIG_KEY: cfg.to_json()})
     recorder.start(
         grid,

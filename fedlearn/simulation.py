@@ -38,6 +38,7 @@ def flower_environment(flwr_home: str | Path) -> dict[str, str]:
         "FLWR_DISABLE_UPDATE_CHECK": "1",
         "RAY_USAGE_STATS_ENABLED": "0",
         "RAY_DEDUP_LOGS": "0",
+        "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
         # Without this, Flower may call `uv sync` and download a CUDA torch.
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
         "FLWR_HOME": str(flwr_home),
@@ -83,6 +84,10 @@ def simulate(
         Continue from the run directory's last checkpoint.
     on_round : RoundCallback, optional
         Called after every round.
+
+    Notes
+    -----
+    Simulated data holders keep their privacy ledgers in ``RUN_DIR/holders``.
     """
     run_dir = Path(run_dir).resolve()
     if partitions is not None and len(partitions) != cfg.federation.clients:
@@ -105,6 +110,7 @@ def simulate(
     client_app = make_client_app(
         data=node_data if partitions is None else _partition_provider(partitions),
         model_fn=model_fn,
+        ledger_dir=run_dir / "holders",
     )
     backend_config = {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
