@@ -10,6 +10,7 @@ the SuperNode.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -135,6 +136,20 @@ def _budget(context: Context, cfg: RunConfig) -> PrivacyBudget | None:
     return None
 
 
+@functools.lru_cache(maxsize=64)
+def _calibrated_sigma(
+    target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str
+) -> float:
+    """σ so the planned steps end at the target ε (a pure function: cached per process)."""
+    return calibrate_noise_multiplier(
+        target_epsilon=target_epsilon,
+        delta=delta,
+        sample_rate=sample_rate,
+        steps=steps,
+        accountant=accountant,  # type: ignore[arg-type]
+    )
+
+
 def _private_train(
     msg: Message,
     context: Context,
@@ -162,12 +177,12 @@ def _private_train(
             noise_multiplier=1.0,
             max_grad_norm=privacy.max_grad_norm,
         )
-        sigma = privacy.noise_multiplier or calibrate_noise_multiplier(
-            target_epsilon=privacy.target_epsilon,
-            delta=privacy.delta,
-            sample_rate=unit.sample_rate,
-            steps=unit.steps * cfg.federation.rounds,
-            accountant=privacy.accountant,  # type: ignore[arg-type]
+        sigma = privacy.noise_multiplier or _calibrated_sigma(
+            privacy.target_epsilon,
+            privacy.delta,
+            unit.sample_rate,
+            unit.steps * cfg.federation.rounds,
+            privacy.accountant,
         )
         plan = replace(unit, noise_multiplier=sigma)
         check_dp_compatible(model)
