@@ -25,7 +25,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricR
 from flwr.clientapp import ClientApp
 from torch import nn
 
-from fedlearn.config import ConfigError, RunConfig
+from fedlearn.config import ConfigError, DataConfig, RunConfig
 from fedlearn.data import (
     DataError,
     Dataset,
@@ -36,6 +36,7 @@ from fedlearn.data import (
 )
 from fedlearn.models import build_model
 from fedlearn.privacy.accounting import calibrate_noise_multiplier
+from fedlearn.privacy.central_dp import user_level_dp_mod
 from fedlearn.privacy.holder import (
     HolderPrivacy,
     data_fingerprint,
@@ -80,6 +81,12 @@ class ErrorCode:
     BUDGET = 1005
 
 
+@functools.lru_cache(maxsize=4)
+def _bundled_partitions(data_cfg: DataConfig, clients: int, seed: int) -> tuple[Dataset, ...]:
+    """Partitions of a bundled dataset, computed once per process (a pure function)."""
+    return tuple(partition_bundled(data_cfg, clients=clients, seed=seed)[0])
+
+
 def node_data(context: Context, cfg: RunConfig) -> Dataset:
     """Load this node's data: its own file, or its partition of a bundled dataset.
 
@@ -96,10 +103,8 @@ def node_data(context: Context, cfg: RunConfig) -> Dataset:
             schema = type(schema)(**{**schema.__dict__, "label_column": str(label_column)})
         return load_file(str(node_cfg["data-path"]), schema)
     if "partition-id" in node_cfg and cfg.data.dataset != "files":
-        partition = int(node_cfg["partition-id"])
-        parts, _, _ = partition_bundled(
-            cfg.data, clients=cfg.federation.clients, seed=cfg.federation.seed
-        )
+        partition = int(cast(int, node_cfg["partition-id"]))
+        parts = _bundled_partitions(cfg.data, cfg.federation.clients, cfg.federation.seed)
         if not 0 <= partition < len(parts):
             raise DataError(f"partition-id {partition} outside 0..{len(parts) - 1}")
         return parts[partition]
@@ -235,6 +240,22 @@ def _private_train(
     return Message(content=content, reply_to=msg)
 
 
+class _RebuildableClientApp(ClientApp):
+    """A ClientApp that pickles as the call that builds it.
+
+    Flower's Ray backend pickles the ClientApp with every message; pickling
+    the recipe (module-level functions and a path) instead of the closures
+    keeps that to ~100 bytes.
+    """
+
+    def __init__(self, rebuild: Callable[[], ClientApp]) -> None:
+        super().__init__()
+        self._rebuild = rebuild
+
+    def __reduce__(self) -> tuple[Callable[[], ClientApp], tuple[()]]:
+        return (self._rebuild, ())
+
+
 def make_client_app(
     *,
     data: DataProvider = node_data,
@@ -257,7 +278,9 @@ def make_client_app(
     --------
     >>> app = make_client_app()
     """
-    app = ClientApp()
+    app = _RebuildableClientApp(
+        functools.partial(make_client_app, data=data, model_fn=model_fn, ledger_dir=ledger_dir)
+    )
 
     def _prepare(
         msg: Message, context: Context
@@ -287,7 +310,7 @@ def make_client_app(
             return _error(msg, ErrorCode.MODEL, f"global model does not fit the local one: {exc}")
         return cfg, model, train_set, val_set, client
 
-    @app.train()
+    @app.train(mods=[user_level_dp_mod])
     def _train(msg: Message, context: Context) -> Message:
         prepared = _prepare(msg, context)
         if isinstance(prepared, Message):

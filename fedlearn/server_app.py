@@ -42,6 +42,8 @@ from fedlearn.client_app import CONFIG_KEY, PRIVACY_KEY, ModelFactory, default_m
 from fedlearn.config import ConfigError, RunConfig
 from fedlearn.data import Dataset, load_file, partition_bundled, schema_for
 from fedlearn.history import History, RoundRecord
+from fedlearn.privacy.central_dp import CentralDP
+from fedlearn.privacy.ledger import PrivacyLedger
 from fedlearn.strategies import ValidatedReplies, build_strategy, export_state, import_state
 from fedlearn.training import evaluate
 
@@ -234,7 +236,19 @@ def _run(
     )
     if strategy is None and fed.fraction_evaluate != fed.fraction_train:
         inner.fraction_evaluate = fed.fraction_evaluate  # type: ignore[attr-defined]
-    validated = ValidatedReplies(inner, min_replies=fed.min_train_clients)
+    central: CentralDP | None = None
+    if cfg.privacy.central_dp != "none":
+        central = CentralDP(
+            inner,
+            mode=cfg.privacy.central_dp,  # type: ignore[arg-type]
+            noise_multiplier=cfg.privacy.central_noise_multiplier,
+            clipping_norm=cfg.privacy.central_clipping_norm,
+            num_clients=fed.clients,
+            min_replies=fed.min_train_clients,
+            delta=cfg.privacy.delta,
+            accountant=cfg.privacy.accountant,  # type: ignore[arg-type]
+        )
+    validated = ValidatedReplies(central or inner, min_replies=fed.min_train_clients)
 
     history = History()
     checkpoint = load_latest(run_dir / "checkpoints") if resume else None
@@ -249,6 +263,8 @@ def _run(
             )
         history = History.from_dict(checkpoint.meta["history"])
         import_state(inner, checkpoint.strategy_state)
+        if central is not None and "central_ledger" in checkpoint.meta:
+            central.ledger = PrivacyLedger.from_dict(checkpoint.meta["central_ledger"])
         initial = ArrayRecord({k: Array(v) for k, v in checkpoint.arrays.items()})
         done = checkpoint.round
         log.info("resuming %s after round %d", run_dir, done)
@@ -286,6 +302,16 @@ def _run(
             bytes_received=recorder.bytes_received,
             privacy=recorder.privacy,
         )
+        if central is not None and central.last_release is not None and report.applied:
+            entry = central.last_release
+            record.central_privacy = {
+                "epsilon": entry.cumulative_epsilon,
+                "round-epsilon": entry.epsilon,
+                "delta": entry.delta,
+                "noise-multiplier": entry.noise_multiplier,
+                "clipping-norm": entry.clipping_norm,
+                "sample-rate": entry.sample_rate,
+            }
         metrics = MetricRecord()
         if test_set is not None:
             eval_model.load_state_dict(arrays.to_torch_state_dict())
@@ -298,7 +324,11 @@ def _run(
             round=server_round,
             arrays={k: a.numpy() for k, a in arrays.items()},
             strategy_state=export_state(inner),
-            meta={"config": cfg.to_dict(), "history": history.to_dict()},
+            meta={
+                "config": cfg.to_dict(),
+                "history": history.to_dict(),
+                **({"central_ledger": central.ledger.to_dict()} if central else {}),
+            },
         )
         history.save(run_dir / "history.json")
         if on_round is not None:

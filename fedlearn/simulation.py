@@ -95,7 +95,10 @@ def simulate(
     if test_set is None and partitions is None:
         test_set = server_test_set(cfg)
     for key, value in flower_environment(run_dir / ".flwr").items():
-        os.environ.setdefault(key, value)
+        if key == "FLWR_HOME":
+            os.environ[key] = value  # per run, not the first run's of this process
+        else:
+            os.environ.setdefault(key, value)
     result: list[History] = []
     server_app = make_server_app(
         cfg=cfg,

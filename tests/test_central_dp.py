@@ -1,0 +1,172 @@
+"""User-level DP on the aggregate: the noise actually added, clipping, accounting."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAvg
+
+from fedlearn.privacy.central_dp import CentralDP, clip_and_noise
+from fedlearn.privacy.noise import distributed_noise_std
+from tests.flower_messages import instruction, serverapp_identity
+
+DIM = 20_000
+SIGMA, C = 1.3, 0.5
+# The sample variance of DIM draws has relative std sqrt(2/DIM) = 1%: 5% is 5 std.
+TOLERANCE = 0.05
+
+
+@pytest.fixture(autouse=True)
+def _identity() -> Iterator[None]:
+    with serverapp_identity():
+        yield
+
+
+class _Grid:
+    """A grid stand-in that only lists nodes; messages are built by FedAvg itself."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def get_node_ids(self) -> list[int]:
+        return list(range(1, self.n + 1))
+
+
+def _reply(node: int, arrays: dict[str, np.ndarray]) -> Message:
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord({k: Array(v) for k, v in arrays.items()}),
+            "metrics": MetricRecord({"num-examples": 100}),
+        }
+    )
+    return Message(content=content, reply_to=instruction(RecordDict(), node_id=node))
+
+
+def _round(
+    strategy: CentralDP, clients: int, global_w: np.ndarray, sent: list[np.ndarray]
+) -> np.ndarray:
+    config = ConfigRecord()
+    messages = strategy.configure_train(
+        1, ArrayRecord({"w": Array(global_w)}), config, _Grid(clients)
+    )
+    assert len(list(messages)) == clients
+    arrays, _ = strategy.aggregate_train(1, [_reply(i + 1, {"w": w}) for i, w in enumerate(sent)])
+    assert arrays is not None
+    return arrays["w"].numpy()
+
+
+def _dp(mode: str, clients: int, min_replies: int) -> CentralDP:
+    return CentralDP(
+        FedAvg(fraction_train=1.0, min_train_nodes=1, min_available_nodes=1),
+        mode=mode,
+        noise_multiplier=SIGMA,
+        clipping_norm=C,
+        num_clients=clients,
+        min_replies=min_replies,
+        delta=1e-5,
+        rng=np.random.default_rng(0),
+    )
+
+
+def test_server_mode_adds_calibrated_noise_to_the_sum() -> None:
+    clients = 10
+    global_w = np.zeros(DIM, np.float32)
+    new = _round(_dp("server", clients, 5), clients, global_w, [global_w] * clients)
+    noise_on_sum = (new.astype(np.float64) - global_w) * clients
+    assert abs(noise_on_sum.mean()) < 5 * SIGMA * C / np.sqrt(DIM)
+    assert noise_on_sum.var() == pytest.approx((SIGMA * C) ** 2, rel=TOLERANCE)
+
+
+def test_distributed_shares_sum_to_the_calibrated_noise() -> None:
+    clients = min_replies = 8
+    std = distributed_noise_std(noise_multiplier=SIGMA, clipping_norm=C, num_clients=min_replies)
+    rng = np.random.default_rng(1)
+    zero = np.zeros(DIM, np.float32)
+    sent = [
+        clip_and_noise([zero], clipping_norm=C, noise_std=std, rng=rng)[0] for _ in range(clients)
+    ]
+    # each share alone is far below the calibrated noise: nobody sees the aggregate's noise level
+    assert np.var(sent[0]) == pytest.approx((SIGMA * C) ** 2 / min_replies, rel=TOLERANCE)
+    new = _round(
+        _dp("distributed", clients, min_replies),
+        clients,
+        zero,
+        [s.astype(np.float32) for s in sent],
+    )
+    noise_on_sum = new.astype(np.float64) * clients
+    assert noise_on_sum.var() == pytest.approx((SIGMA * C) ** 2, rel=TOLERANCE)
+
+
+def test_server_mode_clips_each_update_before_summing() -> None:
+    clients = 4
+    dp = CentralDP(
+        FedAvg(min_train_nodes=1, min_available_nodes=1),
+        mode="server",
+        noise_multiplier=1e-9,
+        clipping_norm=1.0,
+        num_clients=clients,
+        min_replies=1,
+        delta=1e-5,
+        rng=np.random.default_rng(0),
+    )
+    global_w = np.zeros(3, np.float32)
+    big = np.array([30.0, 40.0, 0.0], np.float32)  # norm 50, clipped to 1
+    new = _round(dp, clients, global_w, [big, global_w, global_w, global_w])
+    np.testing.assert_allclose(new, np.array([0.6, 0.8, 0.0]) / clients, atol=1e-6)
+
+
+def test_client_mode_drops_an_update_above_the_clipping_norm() -> None:
+    clients = 3
+    dp = CentralDP(
+        FedAvg(min_train_nodes=1, min_available_nodes=1),
+        mode="client",
+        noise_multiplier=1e-9,
+        clipping_norm=1.0,
+        num_clients=clients,
+        min_replies=1,
+        delta=1e-5,
+        rng=np.random.default_rng(0),
+    )
+    ok = np.array([0.3, 0.4], np.float32)
+    new = _round(dp, clients, np.zeros(2, np.float32), [ok, ok, np.array([3.0, 4.0], np.float32)])
+    np.testing.assert_allclose(new, 2 * ok / clients, atol=1e-6)
+
+
+def test_every_round_is_in_the_server_ledger_with_fixed_size_sampling() -> None:
+    dp = _dp("server", 10, 5)
+    zero = np.zeros(10, np.float32)
+    config = ConfigRecord()
+    dp.configure_train(1, ArrayRecord({"w": Array(zero)}), config, _Grid(10))
+    dp._sampled = 4  # four of ten clients sampled: a sampled release
+    dp.aggregate_train(1, [_reply(i, {"w": zero}) for i in range(1, 5)])
+    first = dp.last_release
+    assert first is not None and first.mechanism == "sampled_gaussian_fixed"
+    assert first.sample_size == 4 and first.population_size == 10
+    dp.aggregate_train(2, [_reply(i, {"w": zero}) for i in range(1, 5)])
+    assert len(dp.ledger) == 2
+    assert dp.ledger.spent_epsilon() > first.cumulative_epsilon
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"noise_multiplier": 0.0}, "noise_multiplier"),
+        ({"clipping_norm": -1.0}, "clipping_norm"),
+        ({"mode": "local"}, "mode"),
+        ({"min_replies": 11}, "min_replies"),
+    ],
+)
+def test_invalid_parameters_are_refused(kwargs: dict, fragment: str) -> None:
+    base = {
+        "mode": "server",
+        "noise_multiplier": 1.0,
+        "clipping_norm": 1.0,
+        "num_clients": 10,
+        "min_replies": 2,
+        "delta": 1e-5,
+    }
+    with pytest.raises(ValueError, match=fragment):
+        CentralDP(FedAvg(), **{**base, **kwargs})
