@@ -162,15 +162,20 @@ def _private_train(
     model: nn.Module,
     train_set: Dataset,
     client: int,
+    fingerprint: str,
     ledger_dir: Path,
 ) -> Message:
-    """One round of DP-SGD under the holder's own, persistent budget."""
+    """One round of DP-SGD under the holder's own, persistent budget.
+
+    The ledger is keyed by the fingerprint of *all* the holder's records
+    (before the validation split), so every run on the same data shares it.
+    """
     server_round = int(cast(int, msg.content.config_records["config"]["server-round"]))
     privacy = cfg.privacy
     budget = _budget(context, cfg)
     state = HolderPrivacy.open(
         Path(str(context.node_config.get("ledger-dir", ledger_dir))),
-        fingerprint=data_fingerprint(train_set),
+        fingerprint=fingerprint,
         delta=budget.delta if budget else privacy.delta,
         accountant=privacy.accountant,  # type: ignore[arg-type]
         holder=f"client {client}",
@@ -284,7 +289,7 @@ def make_client_app(
 
     def _prepare(
         msg: Message, context: Context
-    ) -> tuple[RunConfig, nn.Module, Dataset, Dataset, int] | Message:
+    ) -> tuple[RunConfig, nn.Module, Dataset, Dataset, int, str] | Message:
         torch.set_num_threads(1)  # simulated clients share two cores
         config = msg.content.config_records.get("config")
         try:
@@ -308,14 +313,14 @@ def make_client_app(
             model.load_state_dict(arrays.to_torch_state_dict(), strict=True)
         except (RuntimeError, ValueError, KeyError) as exc:
             return _error(msg, ErrorCode.MODEL, f"global model does not fit the local one: {exc}")
-        return cfg, model, train_set, val_set, client
+        return cfg, model, train_set, val_set, client, data_fingerprint(local)
 
     @app.train(mods=[user_level_dp_mod])
     def _train(msg: Message, context: Context) -> Message:
         prepared = _prepare(msg, context)
         if isinstance(prepared, Message):
             return prepared
-        cfg, model, train_set, _, client = prepared
+        cfg, model, train_set, _, client, fingerprint = prepared
         if cfg.privacy.local_dp:
             return _private_train(
                 msg,
@@ -324,6 +329,7 @@ def make_client_app(
                 model,
                 train_set,
                 client,
+                fingerprint,
                 Path(ledger_dir) if ledger_dir is not None else default_ledger_dir(),
             )
         server_round = int(cast(int, msg.content.config_records["config"]["server-round"]))
@@ -345,7 +351,7 @@ def make_client_app(
         prepared = _prepare(msg, context)
         if isinstance(prepared, Message):
             return prepared
-        _, model, train_set, val_set, _ = prepared
+        _, model, train_set, val_set, _, _ = prepared
         result = evaluate(model, val_set if len(val_set) else train_set)
         metrics = MetricRecord(
             {"num-examples": result.num_examples, "accuracy": result.accuracy, "loss": result.loss}

@@ -136,3 +136,44 @@ def train_dp_sgd(
     finally:
         gsm._close()
     return total / count if count else float("nan")
+
+
+def train_centralized_dp(
+    model: nn.Module,
+    data: Dataset,
+    train: TrainConfig,
+    *,
+    rounds: int,
+    target_epsilon: float,
+    delta: float,
+    max_grad_norm: float,
+    generator: torch.Generator,
+    accountant: str = "rdp",
+) -> tuple[float, DPSGDPlan]:
+    """Train the centralized DP-SGD baseline at the same ε a federation's clients get.
+
+    The same model and optimizer on the pooled data, for as many expected
+    epochs as each client trains over the whole run (``rounds ×
+    local_epochs``), with σ calibrated so the whole training ends at
+    ``target_epsilon``. Returns the mean loss and the plan used.
+    """
+    from fedlearn.privacy.accounting import calibrate_noise_multiplier
+
+    pooled = TrainConfig(
+        local_epochs=train.local_epochs * rounds,
+        batch_size=train.batch_size,
+        learning_rate=train.learning_rate,
+        momentum=train.momentum,
+    )
+    unit = plan_dp_sgd(
+        num_examples=len(data), train=pooled, noise_multiplier=1.0, max_grad_norm=max_grad_norm
+    )
+    sigma = calibrate_noise_multiplier(
+        target_epsilon=target_epsilon,
+        delta=delta,
+        sample_rate=unit.sample_rate,
+        steps=unit.steps,
+        accountant=accountant,  # type: ignore[arg-type]
+    )
+    plan = DPSGDPlan(unit.sample_rate, unit.steps, sigma, max_grad_norm)
+    return train_dp_sgd(model, data, pooled, plan=plan, generator=generator), plan
