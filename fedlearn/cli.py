@@ -286,6 +286,14 @@ def client(
         Path | None, typer.Option(help="The run's config, to check your file before joining.")
     ] = None,
     partition_id: Annotated[int | None, typer.Option(help="Stable client number.")] = None,
+    epsilon_budget: Annotated[
+        float | None,
+        typer.Option(help="Your total ε over all rounds and runs on this data; enforced here."),
+    ] = None,
+    delta: Annotated[float, typer.Option(help="δ of your budget.")] = 1e-5,
+    ledger_dir: Annotated[
+        Path | None, typer.Option(help="Where your privacy ledger lives (default ~/.fedlearn).")
+    ] = None,
     port: Annotated[int, typer.Option(help="Local port of this node's runtime API (0: any).")] = 0,
 ) -> None:
     """Join a federation as a data holder: train on your own file; the data never leaves.
@@ -298,10 +306,16 @@ def client(
 
     from fedlearn.data import load_file, schema_for
     from fedlearn.deployment import flower_process_env, supernode_command
+    from fedlearn.privacy import PrivacyBudget
     from fedlearn.processes import free_port
 
     if not data.exists():
         raise _fail(f"data file not found: {data}", "pass the path of your CSV, NPZ or folder")
+    if epsilon_budget is not None:
+        try:
+            PrivacyBudget(epsilon=epsilon_budget, delta=delta)
+        except ValueError as exc:
+            raise _fail(f"invalid privacy budget: {exc}") from None
     if insecure == (root_certificates is not None):
         raise _fail(
             "give exactly one of --root-certificates CA_FILE or --insecure",
@@ -319,6 +333,30 @@ def client(
         except (ConfigError, DataError) as exc:
             raise _fail(str(exc), "fix your file (or --label-column) before joining") from None
         err.print(f"{data}: {len(local)} examples match the run's schema")
+        if epsilon_budget is not None and cfg.privacy.local_dp:
+            from fedlearn.client_app import dp_round_plan
+            from fedlearn.data import split_validation
+            from fedlearn.privacy import epsilon, release_event
+
+            holdout = cfg.data.validation_fraction if cfg.federation.fraction_evaluate else 0.0
+            train_set, _ = split_validation(local, fraction=holdout, seed=cfg.federation.seed)
+            plan = dp_round_plan(cfg, len(train_set))
+            one_round = epsilon(
+                release_event(
+                    mechanism="dpsgd",
+                    noise_multiplier=plan.noise_multiplier,
+                    steps=plan.steps,
+                    sample_rate=plan.sample_rate,
+                ),
+                delta=delta,
+            )
+            if one_round > epsilon_budget:
+                raise _fail(
+                    f"your budget ε={epsilon_budget} is smaller than one round of this run "
+                    f"(ε={one_round:.3f} per round at δ={delta})",
+                    "raise --epsilon-budget, or ask the operator for more noise per round",
+                )
+            err.print(f"one round costs ε={one_round:.3f}; your budget is ε={epsilon_budget}")
     if insecure:
         err.print("[bold red]WARNING: --insecure: no TLS; your updates travel in the clear.[/]")
     try:
@@ -330,6 +368,9 @@ def client(
             label_column=label_column,
             partition_id=partition_id,
             auth_key=auth_key,
+            epsilon_budget=epsilon_budget,
+            delta=delta if epsilon_budget is not None else None,
+            ledger_dir=ledger_dir,
         )
     except ValueError as exc:
         raise _fail(str(exc)) from None

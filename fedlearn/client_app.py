@@ -44,7 +44,7 @@ from fedlearn.privacy.holder import (
     release_key,
 )
 from fedlearn.privacy.ledger import BudgetExceeded, PrivacyBudget, release_event
-from fedlearn.privacy.local_dp import check_dp_compatible, plan_dp_sgd, train_dp_sgd
+from fedlearn.privacy.local_dp import DPSGDPlan, check_dp_compatible, plan_dp_sgd, train_dp_sgd
 from fedlearn.training import evaluate, train
 
 __all__ = [
@@ -54,6 +54,7 @@ __all__ = [
     "ErrorCode",
     "ModelFactory",
     "client_seed",
+    "dp_round_plan",
     "make_client_app",
     "node_data",
 ]
@@ -155,6 +156,25 @@ def _calibrated_sigma(
     )
 
 
+def dp_round_plan(cfg: RunConfig, num_examples: int) -> DPSGDPlan:
+    """A client's DP-SGD plan for one round: σ given, or calibrated to the run's target ε."""
+    privacy = cfg.privacy
+    unit = plan_dp_sgd(
+        num_examples=num_examples,
+        train=cfg.train,
+        noise_multiplier=1.0,
+        max_grad_norm=privacy.max_grad_norm,
+    )
+    sigma = privacy.noise_multiplier or _calibrated_sigma(
+        privacy.target_epsilon,
+        privacy.delta,
+        unit.sample_rate,
+        unit.steps * cfg.federation.rounds,
+        privacy.accountant,
+    )
+    return replace(unit, noise_multiplier=sigma)
+
+
 def _private_train(
     msg: Message,
     context: Context,
@@ -181,20 +201,7 @@ def _private_train(
         holder=f"client {client}",
     )
     try:
-        unit = plan_dp_sgd(
-            num_examples=len(train_set),
-            train=cfg.train,
-            noise_multiplier=1.0,
-            max_grad_norm=privacy.max_grad_norm,
-        )
-        sigma = privacy.noise_multiplier or _calibrated_sigma(
-            privacy.target_epsilon,
-            privacy.delta,
-            unit.sample_rate,
-            unit.steps * cfg.federation.rounds,
-            privacy.accountant,
-        )
-        plan = replace(unit, noise_multiplier=sigma)
+        plan = dp_round_plan(cfg, len(train_set))
         check_dp_compatible(model)
     except ValueError as exc:
         return _error(msg, ErrorCode.TRAINING, f"cannot run DP-SGD: {exc}")

@@ -116,6 +116,9 @@ def supernode_command(
     label_column: str | None = None,
     partition_id: int | None = None,
     auth_key: Path | None = None,
+    epsilon_budget: float | None = None,
+    delta: float | None = None,
+    ledger_dir: Path | None = None,
 ) -> list[str]:
     """The ``flower-supernode`` command line of one data holder.
 
@@ -129,6 +132,15 @@ def supernode_command(
         node_config += f" label-column='{label_column}'"
     if partition_id is not None:
         node_config += f" partition-id={partition_id}"
+    if epsilon_budget is not None:
+        node_config += f" epsilon-budget={float(epsilon_budget)!r}"
+    if delta is not None:
+        node_config += f" delta={float(delta)!r}"
+    if ledger_dir is not None:
+        ledger = str(ledger_dir.resolve())
+        if "'" in ledger:
+            raise ValueError("the ledger directory must not contain a single quote (')")
+        node_config += f" ledger-dir='{ledger}'"
     cmd = [
         str(_BIN / "flower-supernode"),
         "--superlink",
