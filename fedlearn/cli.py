@@ -114,10 +114,15 @@ def demo(
     except (ConfigError, DataError) as exc:
         raise _fail(str(exc), "check the option values (fedlearn demo --help)") from None
     run_dir = run_dir or _default_run_dir("demo")
+    privacy = (
+        "no differential privacy (--no-dp)"
+        if no_dp
+        else f"local DP-SGD, each holder's budget ε={epsilon} (δ={cfg.privacy.delta:g}) for the run"
+    )
     err.print(
         f"[bold]fedlearn demo[/]: {clients} data holders, {dataset} "
         f"(Dirichlet α={alpha}, {sum(len(p) for p in parts)} training examples), "
-        f"{rounds} rounds of FedAvg on Flower's Simulation Engine → {run_dir}"
+        f"{rounds} rounds of FedAvg on Flower's Simulation Engine, {privacy} → {run_dir}"
     )
     summary = _run_simulation(cfg, run_dir=run_dir, resume=False, as_json=as_json)
     history = summary.pop("history")
@@ -129,20 +134,49 @@ def demo(
     train_centralized(model, pooled, cfg.train, rounds=rounds, seed=seed)
     central = evaluate(model, test_set).accuracy
     federated = summary["final_accuracy"]
-    summary.update(
-        centralized_accuracy=central,
-        gap_points=round(100 * (central - federated), 2),
-    )
-    history.summary.update(centralized_accuracy=central, federated_accuracy=federated)
+    summary.update(centralized_accuracy=central)
+    baseline, label = central, "centralized (same model, pooled data)"
+    if not no_dp:
+        from fedlearn.privacy.local_dp import train_centralized_dp
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            private = default_model(cfg)
+        train_centralized_dp(
+            private,
+            pooled,
+            cfg.train,
+            rounds=rounds,
+            target_epsilon=epsilon,
+            delta=cfg.privacy.delta,
+            max_grad_norm=cfg.privacy.max_grad_norm,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        baseline = evaluate(private, test_set).accuracy
+        label = f"centralized DP-SGD at the same ε={epsilon}"
+        last = history.rounds[-1]
+        summary.update(
+            epsilon_budget=epsilon,
+            max_client_epsilon=last.max_client_epsilon,
+            centralized_dp_accuracy=baseline,
+        )
+    summary.update(gap_points=round(100 * (baseline - federated), 2))
+    history.summary.update(centralized_accuracy=baseline, federated_accuracy=federated)
     history.save(run_dir / "history.json")
     history.plot(run_dir / "history.png")
     if as_json:
         print(json.dumps(summary, indent=2))
         return
     out.print(
-        f"federated accuracy [bold]{federated:.4f}[/]  vs  centralized [bold]{central:.4f}[/] "
-        f"(gap {summary['gap_points']:+.2f} points)   plot: {run_dir / 'history.png'}"
+        f"federated accuracy [bold]{federated:.4f}[/]  vs  {label} [bold]{baseline:.4f}[/] "
+        f"(gap {summary['gap_points']:+.2f} points)"
     )
+    if not no_dp:
+        out.print(
+            f"non-private centralized: {central:.4f}; largest ε any holder spent: "
+            f"{summary['max_client_epsilon']:.3f} ≤ budget {epsilon}"
+        )
+    out.print(f"plot: {run_dir / 'history.png'}   ledger per round: {run_dir / 'history.json'}")
 
 
 @app.command("simulate")

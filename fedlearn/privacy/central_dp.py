@@ -142,7 +142,7 @@ class CentralDP(Strategy):
     def summary(self) -> None:
         """Log the wrapped strategy's summary and the mechanism."""
         self.strategy.summary()
-        log.info(
+        log.debug(
             "CentralDP(%s): σ=%g, C=%g, population %d",
             self.mode,
             self.noise_multiplier,

@@ -70,7 +70,7 @@ class ValidatedReplies(Strategy):
     def summary(self) -> None:
         """Log the wrapped strategy's summary and the completion rule."""
         self.strategy.summary()
-        log.info("ValidatedReplies: a round needs >= %d valid updates", self.min_replies)
+        log.debug("ValidatedReplies: a round needs >= %d valid updates", self.min_replies)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
