@@ -90,6 +90,10 @@ class Federation:
         self.test_set = test_set
         self.strategy = strategy
         self.model_fn: ModelFactory = default_model if model is None else (lambda _cfg: model())
+        if model is not None and self.config.privacy.local_dp:
+            from fedlearn.privacy.local_dp import check_dp_compatible
+
+            check_dp_compatible(model())  # refuse BatchNorm & co. now, not in round 1
 
     def simulate(
         self,

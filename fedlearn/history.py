@@ -106,7 +106,19 @@ class History:
             matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 3.8))
+        private = [r for r in self.rounds if r.privacy or r.central_privacy]
+        fig, axes = plt.subplots(1, 3 if private else 2, figsize=(15 if private else 10, 3.8))
+        ax_acc, ax_loss = axes[0], axes[1]
+        if private:
+            ax_eps = axes[2]
+            for label, values in (
+                ("max over clients (local DP)", [r.max_client_epsilon for r in private]),
+                ("aggregate (central DP)", [r.central_privacy.get("epsilon") for r in private]),
+            ):
+                if any(v is not None for v in values):
+                    ys = [float("nan") if v is None else v for v in values]
+                    ax_eps.plot([r.round for r in private], ys, "o-", label=label)
+            ax_eps.set(xlabel="round", ylabel="ε spent (cumulative)", title="Privacy ledger")
         xs = [r.round for r in self.rounds]
         for attr, label in (("accuracy", "server"), ("federated_accuracy", "federated")):
             ys = [getattr(r, attr) for r in self.rounds]
@@ -123,7 +135,7 @@ class History:
 
         ax_acc.set(xlabel="round", ylabel="accuracy", title="Accuracy")
         ax_loss.set(xlabel="round", ylabel="loss", title="Loss")
-        for ax in (ax_acc, ax_loss):
+        for ax in axes:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
             ax.legend()

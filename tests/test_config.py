@@ -38,6 +38,13 @@ def test_toml_file_is_read_with_kebab_case_keys(tmp_path: Path) -> None:
         ({"data": {"alpha": 0}}, "data.alpha"),
         ({"train": {"learning-rate": -0.1}}, "train.learning-rate"),
         ({"model": {"name": "resnet"}}, "model.name"),
+        ({"privacy": {"target-epsilon": 0}}, "privacy.target-epsilon"),
+        ({"privacy": {"delta": 1.0}}, "privacy.delta"),
+        ({"privacy": {"delta": 0}}, "privacy.delta"),
+        ({"privacy": {"max-grad-norm": -1}}, "privacy.max-grad-norm"),
+        ({"privacy": {"central-clipping-norm": 0}}, "privacy.central-clipping-norm"),
+        ({"privacy": {"central-dp": "local"}}, "privacy.central-dp"),
+        ({"privacy": {"accountant": "moments"}}, "privacy.accountant"),
     ],
 )
 def test_invalid_values_fail_eagerly_naming_the_key(raw: dict, fragment: str) -> None:

@@ -160,3 +160,14 @@ def test_the_ledger_persists_across_runs_on_the_same_data(holder: dict) -> None:
     ledger = _ledger(holder)
     assert len(ledger) == 2
     assert ledger.spent_epsilon() > ledger.entries[0].epsilon
+
+
+def test_facade_refuses_an_unsupported_model_eagerly() -> None:
+    from fedlearn import Federation
+
+    cfg = RunConfig().with_overrides(privacy={"local_dp": True})
+    with pytest.raises(UnsupportedLayerError, match="BatchNorm"):
+        Federation(
+            config=cfg,
+            model=lambda: nn.Sequential(nn.Linear(64, 8), nn.BatchNorm1d(8), nn.Linear(8, 10)),
+        )
