@@ -23,7 +23,7 @@ from typing import Any
 import tomli_w
 
 from fedlearn.history import History
-from fedlearn.processes import ProcessGroup, https_healthy, tcp_listening, wait_until
+from fedlearn.processes import ProcessGroup, https_healthy, wait_until
 from fedlearn.simulation import flower_environment
 from fedlearn.tls import Certificates
 
@@ -335,8 +335,3 @@ def serve(
                 raise TimeoutError(f"run {run_id} did not finish within {timeout:.0f} s")
             time.sleep(0.5)
     return History.load(run_dir / "history.json")
-
-
-def node_is_up(port: int) -> bool:
-    """Whether a SuperNode's runtime API on this machine accepts connections."""
-    return tcp_listening("127.0.0.1", port)

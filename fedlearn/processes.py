@@ -10,9 +10,6 @@ for survivors.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import socket
 import ssl
 import subprocess
@@ -143,14 +140,6 @@ class ProcessGroup:
                 raise RuntimeError(
                     f"{name} exited with code {proc.returncode}:\n{self.log_tail(name)}"
                 )
-
-    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
-        """Send ``sig`` to one process (and its process group) and reap it."""
-        proc = self.procs[name]
-        self._remember()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        proc.wait(timeout=30)
 
     def _targets(self) -> list[psutil.Process]:
         self._remember()

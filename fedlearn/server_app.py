@@ -232,10 +232,11 @@ def _run(
 ) -> History:
     fed = cfg.federation
     inner = strategy or build_strategy(
-        fed.strategy, min_nodes=fed.clients, fraction_train=fed.fraction_train
+        fed.strategy,
+        min_nodes=fed.clients,
+        fraction_train=fed.fraction_train,
+        fraction_evaluate=fed.fraction_evaluate,
     )
-    if strategy is None and fed.fraction_evaluate != fed.fraction_train:
-        inner.fraction_evaluate = fed.fraction_evaluate  # type: ignore[attr-defined]
     central: CentralDP | None = None
     if cfg.privacy.central_dp != "none":
         central = CentralDP(

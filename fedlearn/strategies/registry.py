@@ -29,7 +29,14 @@ STRATEGIES: dict[str, Callable[..., Strategy]] = {
 }
 
 
-def build_strategy(name: str, *, min_nodes: int, fraction_train: float, **kwargs: Any) -> Strategy:
+def build_strategy(
+    name: str,
+    *,
+    min_nodes: int,
+    fraction_train: float,
+    fraction_evaluate: float | None = None,
+    **kwargs: Any,
+) -> Strategy:
     """Build a Flower strategy by name.
 
     Parameters
@@ -40,6 +47,8 @@ def build_strategy(name: str, *, min_nodes: int, fraction_train: float, **kwargs
         Number of connected nodes to wait for before sampling.
     fraction_train : float
         Fraction of connected nodes sampled for training.
+    fraction_evaluate : float, optional
+        Fraction sampled for federated evaluation (default: ``fraction_train``).
     **kwargs
         Passed to the strategy's constructor.
     """
@@ -49,7 +58,7 @@ def build_strategy(name: str, *, min_nodes: int, fraction_train: float, **kwargs
         raise ValueError(f"unknown strategy {name!r}; choose from {sorted(STRATEGIES)}") from None
     return factory(
         fraction_train=fraction_train,
-        fraction_evaluate=fraction_train,
+        fraction_evaluate=fraction_train if fraction_evaluate is None else fraction_evaluate,
         min_train_nodes=1,
         min_evaluate_nodes=1,
         min_available_nodes=min_nodes,
