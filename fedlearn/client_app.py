@@ -132,12 +132,13 @@ def _error(msg: Message, code: int, reason: str) -> Message:
     return Message(Error(code=code, reason=reason), reply_to=msg)
 
 
-def _budget(context: Context, cfg: RunConfig) -> PrivacyBudget | None:
+def _budget(context: Context, cfg: RunConfig, *, simulated: bool) -> PrivacyBudget | None:
+    """The holder's own budget (node config); simulated holders take the run's."""
     node_cfg = context.node_config
     delta = float(cast(float, node_cfg.get("delta", cfg.privacy.delta)))
     if "epsilon-budget" in node_cfg:
         return PrivacyBudget(epsilon=float(cast(float, node_cfg["epsilon-budget"])), delta=delta)
-    if cfg.privacy.client_epsilon_budget > 0:
+    if simulated and cfg.privacy.client_epsilon_budget > 0:
         return PrivacyBudget(epsilon=cfg.privacy.client_epsilon_budget, delta=delta)
     return None
 
@@ -184,22 +185,17 @@ def _private_train(
     client: int,
     fingerprint: str,
     ledger_dir: Path,
+    budget: PrivacyBudget | None,
 ) -> Message:
     """One round of DP-SGD under the holder's own, persistent budget.
 
-    The ledger is keyed by the fingerprint of *all* the holder's records
-    (before the validation split), so every run on the same data shares it.
+    The ledger file is locked from the budget check to the record, so two runs
+    on the same data cannot both spend the last of a budget. The reply carries
+    nothing un-noised about the records: the update, a public weight of 1 (the
+    record count is not released) and the ledger entry.
     """
     server_round = int(cast(int, msg.content.config_records["config"]["server-round"]))
     privacy = cfg.privacy
-    budget = _budget(context, cfg)
-    state = HolderPrivacy.open(
-        Path(str(context.node_config.get("ledger-dir", ledger_dir))),
-        fingerprint=fingerprint,
-        delta=budget.delta if budget else privacy.delta,
-        accountant=privacy.accountant,  # type: ignore[arg-type]
-        holder=f"client {client}",
-    )
     try:
         plan = dp_round_plan(cfg, len(train_set))
         check_dp_compatible(model)
@@ -211,28 +207,35 @@ def _private_train(
         server_round=server_round,
         model={k: v.numpy() for k, v in msg.content.array_records["arrays"].items()},
     )
-    if budget is not None and key not in state.released:
-        event = release_event(
+    with HolderPrivacy.locked(
+        Path(str(context.node_config.get("ledger-dir", ledger_dir))),
+        fingerprint=fingerprint,
+        delta=budget.delta if budget else privacy.delta,
+        accountant=privacy.accountant,  # type: ignore[arg-type]
+        holder=f"client {client}",
+    ) as state:
+        if budget is not None and key not in state.released:
+            event = release_event(
+                mechanism="dpsgd",
+                noise_multiplier=plan.noise_multiplier,
+                steps=plan.steps,
+                sample_rate=plan.sample_rate,
+            )
+            try:
+                budget.check(state.ledger, event)
+            except BudgetExceeded as exc:
+                first = " (the budget is smaller than one round)" if not len(state.ledger) else ""
+                return _error(msg, ErrorCode.BUDGET, f"{exc}{first}")
+        train_dp_sgd(model, train_set, cfg.train, plan=plan, generator=state.generator(key))
+        entry = state.record(
+            key,
+            round=server_round,
             mechanism="dpsgd",
             noise_multiplier=plan.noise_multiplier,
+            clipping_norm=plan.max_grad_norm,
             steps=plan.steps,
             sample_rate=plan.sample_rate,
         )
-        try:
-            budget.check(state.ledger, event)
-        except BudgetExceeded as exc:
-            first = " (the budget is smaller than one round)" if not len(state.ledger) else ""
-            return _error(msg, ErrorCode.BUDGET, f"{exc}{first}")
-    loss = train_dp_sgd(model, train_set, cfg.train, plan=plan, generator=state.generator(key))
-    entry = state.record(
-        key,
-        round=server_round,
-        mechanism="dpsgd",
-        noise_multiplier=plan.noise_multiplier,
-        clipping_norm=plan.max_grad_norm,
-        steps=plan.steps,
-        sample_rate=plan.sample_rate,
-    )
     report = ConfigRecord(
         {
             "client": str(client),
@@ -245,7 +248,7 @@ def _private_train(
             "steps": entry.steps,
         }
     )
-    metrics = MetricRecord({"num-examples": len(train_set), "train-loss": loss})
+    metrics = MetricRecord({"num-examples": 1})
     content = RecordDict(
         {"arrays": ArrayRecord(model.state_dict()), "metrics": metrics, PRIVACY_KEY: report}
     )
@@ -273,6 +276,7 @@ def make_client_app(
     data: DataProvider = node_data,
     model_fn: ModelFactory = default_model,
     ledger_dir: str | Path | None = None,
+    simulated: bool = False,
 ) -> ClientApp:
     """Build the ClientApp.
 
@@ -285,13 +289,22 @@ def make_client_app(
     ledger_dir : str or Path, optional
         Where holders keep their privacy ledgers when the node config names
         none (``ledger-dir``); default ``~/.fedlearn/ledgers``.
+    simulated : bool, default False
+        Simulated holders enforce the run's ``privacy.client-epsilon-budget``;
+        real holders only their own (``--epsilon-budget``).
 
     Examples
     --------
     >>> app = make_client_app()
     """
     app = _RebuildableClientApp(
-        functools.partial(make_client_app, data=data, model_fn=model_fn, ledger_dir=ledger_dir)
+        functools.partial(
+            make_client_app,
+            data=data,
+            model_fn=model_fn,
+            ledger_dir=ledger_dir,
+            simulated=simulated,
+        )
     )
 
     def _prepare(
@@ -320,7 +333,15 @@ def make_client_app(
             model.load_state_dict(arrays.to_torch_state_dict(), strict=True)
         except (RuntimeError, ValueError, KeyError) as exc:
             return _error(msg, ErrorCode.MODEL, f"global model does not fit the local one: {exc}")
-        return cfg, model, train_set, val_set, client, data_fingerprint(local)
+        # The ledger follows the holder's file (whatever schema a server sends),
+        # or, for in-memory data, the records themselves.
+        path = context.node_config.get("data-path")
+        fingerprint = (
+            hashlib.sha256(f"file:{Path(str(path)).resolve()}".encode()).hexdigest()
+            if path
+            else data_fingerprint(local)
+        )
+        return cfg, model, train_set, val_set, client, fingerprint
 
     @app.train(mods=[user_level_dp_mod])
     def _train(msg: Message, context: Context) -> Message:
@@ -328,6 +349,14 @@ def make_client_app(
         if isinstance(prepared, Message):
             return prepared
         cfg, model, train_set, _, client, fingerprint = prepared
+        budget = _budget(context, cfg, simulated=simulated)
+        if budget is not None and not cfg.privacy.local_dp:
+            return _error(
+                msg,
+                ErrorCode.BUDGET,
+                "this data holder has a privacy budget and only joins runs with local DP "
+                "(privacy.local-dp = true); the round is refused",
+            )
         if cfg.privacy.local_dp:
             return _private_train(
                 msg,
@@ -338,6 +367,7 @@ def make_client_app(
                 client,
                 fingerprint,
                 Path(ledger_dir) if ledger_dir is not None else default_ledger_dir(),
+                budget,
             )
         server_round = int(cast(int, msg.content.config_records["config"]["server-round"]))
         try:
@@ -358,7 +388,14 @@ def make_client_app(
         prepared = _prepare(msg, context)
         if isinstance(prepared, Message):
             return prepared
-        _, model, train_set, val_set, _, _ = prepared
+        cfg, model, train_set, val_set, _, _ = prepared
+        if cfg.privacy.local_dp:
+            return _error(
+                msg,
+                ErrorCode.BUDGET,
+                "federated evaluation is refused under local DP: it would release "
+                "un-noised statistics of this holder's records",
+            )
         result = evaluate(model, val_set if len(val_set) else train_set)
         metrics = MetricRecord(
             {"num-examples": result.num_examples, "accuracy": result.accuracy, "loss": result.loss}

@@ -101,6 +101,13 @@ class FederationConfig:
             f"got {self.min_train_clients}",
         )
         _require(self.timeout > 0, "federation.timeout", f"must be > 0, got {self.timeout}")
+        sampled = max(1, int(self.clients * self.fraction_train))
+        _require(
+            sampled >= self.min_train_clients,
+            "federation.min-train-clients",
+            f"{self.min_train_clients} exceeds the {sampled} clients a round samples "
+            f"(clients x fraction-train); every round would be skipped",
+        )
 
 
 @dataclass(frozen=True, kw_only=True)

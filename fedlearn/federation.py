@@ -10,6 +10,7 @@ Examples
 
 from __future__ import annotations
 
+import copy
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -124,7 +125,8 @@ class Federation:
         return simulate(
             cfg,
             run_dir=run_dir,
-            strategy=self.strategy,
+            # a fresh copy per run: server-optimizer state must not leak between runs
+            strategy=copy.deepcopy(self.strategy),
             partitions=self.partitions,
             test_set=self.test_set,
             model_fn=self.model_fn,

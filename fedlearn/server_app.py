@@ -43,7 +43,6 @@ from fedlearn.config import ConfigError, RunConfig
 from fedlearn.data import Dataset, load_file, partition_bundled, schema_for
 from fedlearn.history import History, RoundRecord
 from fedlearn.privacy.central_dp import CentralDP
-from fedlearn.privacy.ledger import PrivacyLedger
 from fedlearn.strategies import ValidatedReplies, build_strategy, export_state, import_state
 from fedlearn.training import evaluate
 
@@ -91,8 +90,10 @@ class _RoundRecorder(Strategy):
         self.privacy = {}
         for msg in replies:
             if not msg.has_error() and PRIVACY_KEY in msg.content.config_records:
+                # As reported by the client (the server cannot recompute a holder's ε
+                # without its record count); keyed by node so no client overwrites another.
                 report = msg.content.config_records[PRIVACY_KEY]
-                client = str(report.get("client", msg.metadata.src_node_id))
+                client = f"{str(report.get('client', '?'))}@node{msg.metadata.src_node_id}"
                 self.privacy[client] = {
                     k: float(v)
                     for k, v in report.items()
@@ -146,8 +147,9 @@ def server_test_set(cfg: RunConfig) -> Dataset | None:
 
 
 def _comparable(cfg: RunConfig) -> dict[str, Any]:
+    # Everything but deployment addresses: the rounds count enters σ calibration
+    # and the clients' release keys, so a resumed run must plan the same rounds.
     raw = cfg.to_dict()
-    raw["federation"].pop("rounds")
     raw.pop("server")
     return raw
 
@@ -235,10 +237,15 @@ def _run(
         fed.strategy,
         min_nodes=fed.clients,
         fraction_train=fed.fraction_train,
-        fraction_evaluate=fed.fraction_evaluate,
+        # Under local DP, evaluation replies would release un-noised statistics.
+        fraction_evaluate=0.0 if cfg.privacy.local_dp else fed.fraction_evaluate,
+        min_train_clients=fed.min_train_clients,
     )
     central: CentralDP | None = None
     if cfg.privacy.central_dp != "none":
+        ledger_path = run_dir / "central_ledger.json"
+        if not resume:
+            ledger_path.unlink(missing_ok=True)  # a new run starts a new ledger
         central = CentralDP(
             inner,
             mode=cfg.privacy.central_dp,  # type: ignore[arg-type]
@@ -248,6 +255,7 @@ def _run(
             min_replies=fed.min_train_clients,
             delta=cfg.privacy.delta,
             accountant=cfg.privacy.accountant,  # type: ignore[arg-type]
+            ledger_path=ledger_path,
         )
     validated = ValidatedReplies(central or inner, min_replies=fed.min_train_clients)
 
@@ -259,13 +267,11 @@ def _run(
         saved = RunConfig.from_dict(checkpoint.meta["config"])
         if _comparable(saved) != _comparable(cfg):
             raise ConfigError(
-                f"cannot resume {run_dir}: its config differs from this one in more than "
-                "federation.rounds; start a new run directory instead"
+                f"cannot resume {run_dir}: its config differs from this one; resume with "
+                f"{run_dir / 'config.toml'} or start a new run directory"
             )
         history = History.from_dict(checkpoint.meta["history"])
         import_state(inner, checkpoint.strategy_state)
-        if central is not None and "central_ledger" in checkpoint.meta:
-            central.ledger = PrivacyLedger.from_dict(checkpoint.meta["central_ledger"])
         initial = ArrayRecord({k: Array(v) for k, v in checkpoint.arrays.items()})
         done = checkpoint.round
         log.info("resuming %s after round %d", run_dir, done)
@@ -325,11 +331,7 @@ def _run(
             round=server_round,
             arrays={k: a.numpy() for k, a in arrays.items()},
             strategy_state=export_state(inner),
-            meta={
-                "config": cfg.to_dict(),
-                "history": history.to_dict(),
-                **({"central_ledger": central.ledger.to_dict()} if central else {}),
-            },
+            meta={"config": cfg.to_dict(), "history": history.to_dict()},
         )
         history.save(run_dir / "history.json")
         if on_round is not None:
@@ -338,12 +340,16 @@ def _run(
 
     # Flower sizes a round's sample from the nodes connected when the round
     # starts; waiting for all of them first keeps round 1 the same as the others.
+    # Later rounds need only the round rule's minimum, so a lost node never hangs a run.
     deadline = time.monotonic() + fed.timeout
-    while len(list(grid.get_node_ids())) < fed.clients:
+    while (connected := len(list(grid.get_node_ids()))) < fed.clients:
         if time.monotonic() > deadline:
+            if connected >= fed.min_train_clients:
+                log.warning("starting with %d of %d clients", connected, fed.clients)
+                break
             raise TimeoutError(
-                f"only {len(list(grid.get_node_ids()))} of {fed.clients} clients connected "
-                f"within {fed.timeout:.0f} s"
+                f"only {connected} of {fed.clients} clients connected within "
+                f"{fed.timeout:.0f} s (the round rule needs {fed.min_train_clients})"
             )
         time.sleep(0.2)
     train_config = ConfigRecord({CONFIG_KEY: cfg.to_json()})

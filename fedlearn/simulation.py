@@ -114,6 +114,7 @@ def simulate(
         data=node_data if partitions is None else _partition_provider(partitions),
         model_fn=model_fn,
         ledger_dir=run_dir / "holders",
+        simulated=True,
     )
     backend_config = {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},

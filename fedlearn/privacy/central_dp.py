@@ -19,8 +19,16 @@ Modes
     aggregation the server sees each noised update).
 
 Accounting: Flower samples a fixed number ``m`` of the ``N`` clients without
-replacement, so every round is a ``SampledWithoutReplacementDpEvent`` (or a
-plain Gaussian when ``m = N``) in the server's :class:`PrivacyLedger`.
+replacement and the sum is divided by ``m``, which is public only under
+replace-one neighbouring (sensitivity ``2C``); so every round, ``m = N``
+included, is a ``SampledWithoutReplacementDpEvent`` in the server's
+:class:`PrivacyLedger`, which the server writes to disk before the noised
+model leaves it.
+
+Known limitation: a client's distributed noise share is drawn afresh for every
+request, so a server that asks for the same round twice could average two
+shares; this mode is meant to run under secure aggregation (not yet available),
+where the server sees only sums.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, Literal, cast
 
 import numpy as np
@@ -48,7 +57,7 @@ from numpy.typing import NDArray
 from fedlearn.privacy.accounting import AccountantName
 from fedlearn.privacy.clipping import clip_by_global_norm, global_norm
 from fedlearn.privacy.ledger import LedgerEntry, PrivacyLedger
-from fedlearn.privacy.noise import distributed_noise_std, gaussian
+from fedlearn.privacy.noise import add_gaussian_noise, central_noise_std, distributed_noise_std
 
 __all__ = ["CentralDP", "CentralDPMode", "user_level_dp_mod"]
 
@@ -92,6 +101,9 @@ class CentralDP(Strategy):
         δ of the server's ledger.
     accountant : {"rdp", "pld"}
         Accountant of the ledger (fixed-size sampling needs ``"rdp"``).
+    ledger_path : Path, optional
+        Where the server's ledger is saved after every release, before the
+        noised model is sent anywhere (and loaded from, if it exists).
     rng : numpy.random.Generator, optional
         Only for reproducible tests; default noise comes from the OS's CSPRNG.
 
@@ -113,6 +125,7 @@ class CentralDP(Strategy):
         min_replies: int,
         delta: float,
         accountant: AccountantName = "rdp",
+        ledger_path: Path | None = None,
         rng: np.random.Generator | None = None,
     ) -> None:
         if mode not in ("server", "client", "distributed"):
@@ -133,7 +146,11 @@ class CentralDP(Strategy):
         self.clipping_norm = clipping_norm
         self.num_clients = num_clients
         self.min_replies = min_replies
-        self.ledger = PrivacyLedger(delta=delta, accountant=accountant, holder="server")
+        self.ledger_path = ledger_path
+        if ledger_path is not None and ledger_path.exists():
+            self.ledger = PrivacyLedger.load(ledger_path)
+        else:
+            self.ledger = PrivacyLedger(delta=delta, accountant=accountant, holder="server")
         self.last_release: LedgerEntry | None = None
         self._rng = rng
         self._global: dict[str, NDArray[Any]] = {}
@@ -170,9 +187,6 @@ class CentralDP(Strategy):
         self._sampled = len(messages)
         return messages
 
-    def _noise(self, shape: tuple[int, ...]) -> NDArray[np.float64]:
-        return gaussian(shape, self.noise_multiplier * self.clipping_norm, rng=self._rng)
-
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -201,9 +215,14 @@ class CentralDP(Strategy):
         if used == 0 or self._sampled == 0:
             return None, None
         if self.mode != "distributed":
-            for k in keys:
-                total[k] += self._noise(total[k].shape)
+            std = central_noise_std(
+                noise_multiplier=self.noise_multiplier, clipping_norm=self.clipping_norm
+            )
+            noised_sum = add_gaussian_noise([total[k] for k in keys], std=std, rng=self._rng)
+            total = dict(zip(keys, noised_sum, strict=True))
         self.last_release = self._account(server_round)
+        if self.ledger_path is not None:
+            self.ledger.save(self.ledger_path)
         noised = {
             k: (self._global[k] + total[k] / self._sampled).astype(self._global[k].dtype)
             for k in keys
@@ -222,19 +241,16 @@ class CentralDP(Strategy):
         return arrays, metrics
 
     def _account(self, server_round: int) -> LedgerEntry:
-        if self._sampled >= self.num_clients:
-            return self.ledger.record(
-                round=server_round,
-                mechanism="gaussian",
-                noise_multiplier=self.noise_multiplier,
-                clipping_norm=self.clipping_norm,
-            )
+        # Dividing by the number sampled is public only under replace-one
+        # neighbouring (sensitivity 2C), so every round is accounted as
+        # fixed-size sampling, full participation (m = N) included. Extra nodes
+        # beyond the configured population enlarge it rather than break it.
         return self.ledger.record(
             round=server_round,
             mechanism="sampled_gaussian_fixed",
             noise_multiplier=self.noise_multiplier,
             clipping_norm=self.clipping_norm,
-            population_size=self.num_clients,
+            population_size=max(self.num_clients, self._sampled),
             sample_size=self._sampled,
         )
 
@@ -260,9 +276,7 @@ def clip_and_noise(
 ) -> list[NDArray[np.float64]]:
     """Clip a client's update to ``clipping_norm`` and add its share of the noise."""
     clipped, _ = clip_by_global_norm([u.astype(np.float64) for u in update], clipping_norm)
-    if noise_std > 0:
-        clipped = [c + gaussian(c.shape, noise_std, rng=rng) for c in clipped]
-    return clipped
+    return add_gaussian_noise(clipped, std=noise_std, rng=rng) if noise_std > 0 else clipped
 
 
 def user_level_dp_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:

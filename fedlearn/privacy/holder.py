@@ -1,9 +1,10 @@
 """A data holder's own privacy state, kept on the holder's disk across rounds and runs.
 
-One JSON file per dataset (named by a fingerprint of the data's contents)
-holds the holder's privacy ledger, a 256-bit secret, and the releases already
-answered. Flower clients are otherwise stateless; this file is what lets a
-holder enforce one budget over every round of every run on the same data.
+One JSON file per dataset (named by a fingerprint of the holder's file path,
+or of the records for in-memory data) holds the holder's privacy ledger, a
+256-bit secret, and the releases already answered. Flower clients are
+otherwise stateless; this file is what lets a holder enforce one budget over
+every round of every run on the same data.
 
 Idempotent releases
     The DP-SGD noise of a round is drawn from a generator seeded with
@@ -22,11 +23,14 @@ the secret, but the generator itself is not a CSPRNG.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import hmac
 import json
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +102,38 @@ class HolderPrivacy:
             )
         ledger = PrivacyLedger(delta=delta, accountant=accountant, holder=holder)
         return cls(path=path, ledger=ledger, secret=secrets.token_bytes(32), released={})
+
+    @classmethod
+    @contextlib.contextmanager
+    def locked(
+        cls,
+        directory: str | Path,
+        *,
+        fingerprint: str,
+        delta: float,
+        accountant: AccountantName = "rdp",
+        holder: str = "",
+    ) -> Iterator[HolderPrivacy]:
+        """:meth:`open` under an exclusive lock held until the block ends.
+
+        Two processes on the same data (two runs at once) wait for each other
+        between the budget check and the record, so both cannot spend the
+        last of a budget.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        with (directory / f"{fingerprint}.lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield cls.open(
+                    directory,
+                    fingerprint=fingerprint,
+                    delta=delta,
+                    accountant=accountant,
+                    holder=holder,
+                )
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     def generator(self, key: str) -> torch.Generator:
         """The noise and sampling generator of release ``key`` (see module docstring)."""

@@ -35,6 +35,7 @@ def build_strategy(
     min_nodes: int,
     fraction_train: float,
     fraction_evaluate: float | None = None,
+    min_train_clients: int = 1,
     **kwargs: Any,
 ) -> Strategy:
     """Build a Flower strategy by name.
@@ -44,11 +45,13 @@ def build_strategy(
     name : str
         One of :data:`STRATEGIES`.
     min_nodes : int
-        Number of connected nodes to wait for before sampling.
+        Expected number of clients (the run waits for them before round 1).
     fraction_train : float
         Fraction of connected nodes sampled for training.
     fraction_evaluate : float, optional
         Fraction sampled for federated evaluation (default: ``fraction_train``).
+    min_train_clients : int, default 1
+        Connected nodes a round needs (the round rule); a round waits for them.
     **kwargs
         Passed to the strategy's constructor.
     """
@@ -61,6 +64,6 @@ def build_strategy(
         fraction_evaluate=fraction_train if fraction_evaluate is None else fraction_evaluate,
         min_train_nodes=1,
         min_evaluate_nodes=1,
-        min_available_nodes=min_nodes,
+        min_available_nodes=min_train_clients,
         **kwargs,
     )
