@@ -170,3 +170,19 @@ def test_invalid_parameters_are_refused(kwargs: dict, fragment: str) -> None:
     }
     with pytest.raises(ValueError, match=fragment):
         CentralDP(FedAvg(), **{**base, **kwargs})
+
+
+def test_full_participation_is_accounted_with_replace_one_sensitivity() -> None:
+    from fedlearn.privacy import epsilon, gaussian_event
+
+    clients = 4
+    dp = _dp("server", clients, 2)
+    zero = np.zeros(10, np.float32)
+    _round(dp, clients, zero, [zero] * clients)
+    entry = dp.last_release
+    assert entry is not None and entry.mechanism == "sampled_gaussian_fixed"
+    assert entry.sample_size == entry.population_size == clients
+    # dividing by the public count m = N means replace-one neighbours: sensitivity 2C
+    assert entry.epsilon == pytest.approx(
+        epsilon(gaussian_event(noise_multiplier=SIGMA / 2), delta=1e-5), rel=1e-6
+    )

@@ -171,3 +171,39 @@ def test_facade_refuses_an_unsupported_model_eagerly() -> None:
             config=cfg,
             model=lambda: nn.Sequential(nn.Linear(64, 8), nn.BatchNorm1d(8), nn.Linear(8, 10)),
         )
+
+
+def test_a_holder_with_a_budget_refuses_a_run_without_local_dp(holder: dict) -> None:
+    plain = CFG.with_overrides(privacy={"local_dp": False})
+    reply = _train(
+        {**holder, "epsilon-budget": 5.0}, 1, ArrayRecord(default_model(plain).state_dict()), plain
+    )
+    assert reply.has_error() and reply.error.code == ErrorCode.BUDGET
+    assert "only joins runs with local DP" in reply.error.reason
+
+
+def test_under_local_dp_replies_carry_no_unnoised_statistics(holder: dict) -> None:
+    arrays = ArrayRecord(default_model(CFG).state_dict())
+    reply = _train(holder, 1, arrays)
+    metrics = reply.content["metrics"]
+    assert dict(metrics) == {"num-examples": 1}  # no loss, no record count
+    config = ConfigRecord({CONFIG_KEY: CFG.to_json(), "server-round": 1})
+    msg = instruction(
+        RecordDict({"arrays": arrays, "config": config}), node_id=5, message_type="evaluate"
+    )
+    context = Context(run_id=1, node_id=5, node_config=holder, state=RecordDict(), run_config={})
+    refused = make_client_app()(msg, context)
+    assert refused.has_error() and "evaluation is refused under local DP" in refused.error.reason
+
+
+def test_client_mode_mod_clips_the_update_the_client_sends(holder: dict) -> None:
+    cfg = CFG.with_overrides(privacy={"local_dp": False})
+    arrays = ArrayRecord(default_model(cfg).state_dict())
+    config = ConfigRecord({CONFIG_KEY: cfg.to_json(), "server-round": 1, "dp-clipping-norm": 0.01})
+    msg = instruction(RecordDict({"arrays": arrays, "config": config}), node_id=5)
+    context = Context(run_id=1, node_id=5, node_config=holder, state=RecordDict(), run_config={})
+    reply = make_client_app()(msg, context)
+    assert not reply.has_error(), reply.error
+    update = [reply.content["arrays"][k].numpy() - arrays[k].numpy() for k in arrays]
+    norm = float(np.sqrt(sum(float((u.astype(np.float64) ** 2).sum()) for u in update)))
+    assert 0.0099 < norm <= 0.01 * (1 + 1e-4)  # training moved it further; the mod clipped it
