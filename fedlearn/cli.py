@@ -231,6 +231,12 @@ def server(
     authorized_key: Annotated[
         list[Path] | None, typer.Option(help="A SuperNode public key to register (repeatable).")
     ] = None,
+    tls_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Name or IP SuperNodes use to reach this server (certificate; repeatable)."
+        ),
+    ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds the whole run may take.")] = 3600.0,
 ) -> None:
     """Run the federation on Flower's Deployment Engine (SuperLink + ServerApp).
@@ -258,8 +264,12 @@ def server(
         except FileNotFoundError as exc:
             raise _fail(str(exc)) from None
     else:
-        hosts = ("127.0.0.1", "localhost") if host in ("0.0.0.0", "127.0.0.1") else (host,)
-        certs = make_certificates(target / "certs", hosts=hosts)
+        import socket
+
+        names = [*(tls_host or []), "127.0.0.1", "localhost", socket.getfqdn()]
+        if host not in ("0.0.0.0", "::"):
+            names.insert(0, host)
+        certs = make_certificates(target / "certs", hosts=tuple(dict.fromkeys(names)))
         err.print(f"created a CA for this federation; give data holders {certs.ca}")
     settings = SuperLinkSettings(
         host=host,
