@@ -93,7 +93,7 @@ class _RoundRecorder(Strategy):
                 # As reported by the client (the server cannot recompute a holder's ε
                 # without its record count); keyed by node so no client overwrites another.
                 report = msg.content.config_records[PRIVACY_KEY]
-                client = f"{str(report.get('client', '?'))}@node{msg.metadata.src_node_id}"
+                client = f"{report.get('client', '?')!s}@node{msg.metadata.src_node_id}"
                 self.privacy[client] = {
                     k: float(v)
                     for k, v in report.items()
