@@ -282,6 +282,15 @@ def _run(
         done = 0
     (run_dir / "config.toml").write_text(tomli_w.dumps(cfg.to_dict()), encoding="utf-8")
 
+    log.info(
+        "run %s: %d rounds of %s, %d clients, local DP %s, central DP %s",
+        run_dir.name,
+        fed.rounds,
+        type(inner).__name__,
+        fed.clients,
+        "on" if cfg.privacy.local_dp else "off",
+        cfg.privacy.central_dp,
+    )
     remaining = fed.rounds - done
     if remaining <= 0:
         log.info("all %d rounds already done", fed.rounds)
@@ -326,6 +335,15 @@ def _run(
             record.accuracy, record.loss = result.accuracy, result.loss
             metrics = MetricRecord({"accuracy": result.accuracy, "loss": result.loss})
         history.append(record)
+        log.info(
+            "round %d: %d/%d updates accepted%s, accuracy %s, %.2f s",
+            server_round,
+            record.accepted,
+            record.sampled,
+            "" if record.applied else " (round skipped: model unchanged)",
+            "n/a" if record.accuracy is None else f"{record.accuracy:.4f}",
+            record.seconds,
+        )
         save_checkpoint(
             run_dir / "checkpoints",
             round=server_round,
