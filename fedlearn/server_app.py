@@ -23,11 +23,12 @@ Run directory layout::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -161,14 +162,31 @@ def _write_status(run_dir: Path, state: str, detail: str = "") -> None:
     os.replace(tmp, run_dir / "status.json")
 
 
-def _attach_log_file(run_dir: Path) -> logging.Handler:
+@contextlib.contextmanager
+def _run_log(run_dir: Path) -> Iterator[None]:
+    """Send Flower's and fedlearn's log to ``RUN_DIR/logs/server.log`` during the run.
+
+    fedlearn's records do not also propagate to the root logger (which some
+    dependencies configure), so progress bars stay readable; the CLI adds its
+    own console handler where it wants one.
+    """
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(run_dir / "logs" / "server.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    for name in ("flwr", "fedlearn"):
-        logging.getLogger(name).addHandler(handler)
-    logging.getLogger("fedlearn").setLevel(logging.INFO)
-    return handler
+    ours, flower = logging.getLogger("fedlearn"), logging.getLogger("flwr")
+    saved = ours.level, ours.propagate
+    ours.setLevel(logging.INFO)
+    ours.propagate = False
+    for logger in (ours, flower):
+        logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        for logger in (ours, flower):
+            logger.removeHandler(handler)
+        ours.setLevel(saved[0])
+        ours.propagate = saved[1]
+        handler.close()
 
 
 def run_federation(
@@ -205,21 +223,16 @@ def run_federation(
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    handler = _attach_log_file(run_dir)
-    _write_status(run_dir, "running")
-    try:
-        history = _run(grid, cfg, run_dir, strategy, model_fn, test_set, resume, on_round)
-    except BaseException as exc:
-        log.exception("run failed")
-        _write_status(run_dir, "failed", f"{type(exc).__name__}: {exc}")
-        raise
-    else:
+    with _run_log(run_dir):
+        _write_status(run_dir, "running")
+        try:
+            history = _run(grid, cfg, run_dir, strategy, model_fn, test_set, resume, on_round)
+        except BaseException as exc:
+            log.exception("run failed")
+            _write_status(run_dir, "failed", f"{type(exc).__name__}: {exc}")
+            raise
         _write_status(run_dir, "completed")
         return history
-    finally:
-        for name in ("flwr", "fedlearn"):
-            logging.getLogger(name).removeHandler(handler)
-        handler.close()
 
 
 def _run(
