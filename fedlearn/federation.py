@@ -10,7 +10,6 @@ Examples
 
 from __future__ import annotations
 
-import copy
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -44,7 +43,10 @@ class Federation:
     model : callable returning ``torch.nn.Module``, optional
         Builds the model (default: the config's model).
     strategy : flwr.serverapp.strategy.Strategy, optional
-        Any Flower message-API strategy (default: the config's, FedAvg).
+        Any Flower message-API strategy (default: the config's, FedAvg). The
+        object itself is used, so it can be inspected after a run; a stateful
+        one (FedAvgM, FedAdam) keeps its server-optimizer state between
+        ``simulate`` calls, so give each independent run a fresh one.
     **overrides
         Section-free shortcuts: ``rounds``, ``clients``, ``seed``,
         ``dataset``, ``alpha``, ``partitioner``, ``local_epochs``,
@@ -125,8 +127,7 @@ class Federation:
         return simulate(
             cfg,
             run_dir=run_dir,
-            # a fresh copy per run: server-optimizer state must not leak between runs
-            strategy=copy.deepcopy(self.strategy),
+            strategy=self.strategy,
             partitions=self.partitions,
             test_set=self.test_set,
             model_fn=self.model_fn,

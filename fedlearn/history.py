@@ -22,8 +22,9 @@ class RoundRecord:
     has some; ``federated_accuracy``/``federated_loss`` are the example-weighted
     means the clients report on their own local validation data. ``privacy``
     holds each client's privacy-ledger entry for the round (ε spent so far,
-    this round's ε, δ, noise multiplier, clipping norm, sampling rate, steps)
-    and ``central_privacy`` the server's for user-level DP.
+    this round's ε, δ, noise multiplier, clipping norm, sampling rate, steps),
+    keyed ``"<client>@node<node id>"``, and ``central_privacy`` the server's
+    for user-level DP.
     """
 
     round: int

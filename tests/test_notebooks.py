@@ -13,6 +13,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,10 +24,15 @@ pytest.importorskip("ipykernel")
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
-EXPECTED = {"01_quickstart.ipynb", "02_custom_strategy.ipynb"}
+EXPECTED = {"01_quickstart.ipynb", "02_custom_strategy.ipynb", "03_privacy_utility.ipynb"}
 
 KERNEL_NAME = "fedlearn-test-kernel"
 SMALL_SETTING = {"FEDLEARN_NB_ROUNDS": "3", "FEDLEARN_NB_CLIENTS": "4"}
+# Notebooks that need more than SMALL_SETTING run in their own tests below.
+PRIVACY_UTILITY = NOTEBOOK_DIR / "03_privacy_utility.ipynb"
+# Three simulations (one per ε, Ray start included) plus the centralized baselines: 1-2 min.
+PRIVACY_UTILITY_SETTING = {**SMALL_SETTING, "FEDLEARN_NB_EPSILONS": "1,8,inf"}
+DEDICATED = {PRIVACY_UTILITY}
 CELL_TIMEOUT = 600  # seconds; one simulate() call starts Ray (~30-45 s on 2 cores)
 
 
@@ -61,10 +67,11 @@ def test_notebook_is_valid_and_has_no_stored_outputs(path: Path) -> None:
             assert cell.execution_count is None, f"{path.name}: clear execution counts"
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for key, value in SMALL_SETTING.items():
+def _execute(
+    path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, setting: dict[str, str]
+) -> Any:
+    """Run ``path`` with ``setting`` in its environment; return the executed notebook."""
+    for key, value in setting.items():
         monkeypatch.setenv(key, value)
     # Import this checkout's fedlearn even when the kernel's cwd is elsewhere
     # and the package is not (or not correctly) installed in editable mode.
@@ -85,3 +92,31 @@ def test_notebook_runs(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     finally:
         # Keep what ran, with outputs, next to the run's files for post-mortems.
         nbformat.write(nb, workdir / path.name)
+    return nb
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "path",
+    [p for p in NOTEBOOKS if p not in DEDICATED],
+    ids=[p.stem for p in NOTEBOOKS if p not in DEDICATED],
+)
+def test_notebook_runs(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _execute(path, tmp_path, monkeypatch, SMALL_SETTING)
+
+
+@pytest.mark.slow
+def test_03_privacy_utility_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Privacy vs. utility at ε = 1, 8 and ∞; the notebook's last cell checks the ledgers."""
+    nb = _execute(PRIVACY_UTILITY, tmp_path, monkeypatch, PRIVACY_UTILITY_SETTING)
+    outputs = [out for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs]
+    text = "".join(out.get("text", "") for out in outputs if out.output_type == "stream")
+    assert "all checks passed" in text
+    assert "ε=1:" in text and "ε=8:" in text and "ε=∞:" in text
+    figures = [out for out in outputs if "image/png" in out.get("data", {})]
+    assert len(figures) >= 2  # accuracy vs ε, cumulative ε per round
+    # One run directory per ε; the DP runs hold one ledger file per simulated holder.
+    runs = tmp_path / "work" / "runs" / "privacy_utility"
+    assert sorted(p.name for p in runs.iterdir()) == ["eps-1", "eps-8", "eps-inf"]
+    for name in ("eps-1", "eps-8"):
+        assert len(list((runs / name / "holders").glob("*.json"))) == 4
