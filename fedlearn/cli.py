@@ -109,9 +109,6 @@ def demo(
                 "target_epsilon": epsilon,
                 "client_epsilon_budget": epsilon,
             },
-            # DP-SGD suits larger batches: 4x fewer Opacus steps per epoch at the
-            # same accuracy (benchmarks/results: dp_cost, dp_utility).
-            train={} if no_dp else {"batch_size": 64, "learning_rate": 0.2},
         )
         parts, test_set, _ = partition_bundled(cfg.data, clients=clients, seed=seed)
     except (ConfigError, DataError) as exc:
