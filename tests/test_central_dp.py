@@ -100,11 +100,11 @@ def test_distributed_shares_sum_to_the_calibrated_noise() -> None:
     assert noise_on_sum.var() == pytest.approx((SIGMA * C) ** 2, rel=TOLERANCE)
 
 
-def test_server_mode_clips_each_update_before_summing() -> None:
-    clients = 4
-    dp = CentralDP(
+def _noiseless(mode: str, clients: int) -> CentralDP:
+    """Negligible noise (σ = 1e-9) and C = 1, to check clipping exactly."""
+    return CentralDP(
         FedAvg(min_train_nodes=1, min_available_nodes=1),
-        mode="server",
+        mode=mode,
         noise_multiplier=1e-9,
         clipping_norm=1.0,
         num_clients=clients,
@@ -112,6 +112,11 @@ def test_server_mode_clips_each_update_before_summing() -> None:
         delta=1e-5,
         rng=np.random.default_rng(0),
     )
+
+
+def test_server_mode_clips_each_update_before_summing() -> None:
+    clients = 4
+    dp = _noiseless("server", clients)
     global_w = np.zeros(3, np.float32)
     big = np.array([30.0, 40.0, 0.0], np.float32)  # norm 50, clipped to 1
     new = _round(dp, clients, global_w, [big, global_w, global_w, global_w])
@@ -120,16 +125,7 @@ def test_server_mode_clips_each_update_before_summing() -> None:
 
 def test_client_mode_drops_an_update_above_the_clipping_norm() -> None:
     clients = 3
-    dp = CentralDP(
-        FedAvg(min_train_nodes=1, min_available_nodes=1),
-        mode="client",
-        noise_multiplier=1e-9,
-        clipping_norm=1.0,
-        num_clients=clients,
-        min_replies=1,
-        delta=1e-5,
-        rng=np.random.default_rng(0),
-    )
+    dp = _noiseless("client", clients)
     ok = np.array([0.3, 0.4], np.float32)
     new = _round(dp, clients, np.zeros(2, np.float32), [ok, ok, np.array([3.0, 4.0], np.float32)])
     np.testing.assert_allclose(new, 2 * ok / clients, atol=1e-6)
