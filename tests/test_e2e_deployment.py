@@ -4,6 +4,7 @@ reading its own CSV file."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -65,29 +66,7 @@ def test_tls_federation_of_three_supernodes_reading_their_own_csv(
     port = free_port()
     run_dir = root / "run"
     with ProcessGroup(root / "logs") as group:
-        server = group.start(
-            "server",
-            fedlearn_cmd(
-                "server",
-                "--config",
-                str(federation["config"]),
-                "--run-dir",
-                str(run_dir),
-                "--certificates",
-                str(root / "certs"),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ),
-            env=_env(root / "home-server"),
-        )
-        wait_until(
-            lambda: https_healthy("127.0.0.1", port, certs.ca),
-            timeout=120,
-            what="SuperLink",
-            check=lambda: group.check_alive("server"),
-        )
+        server = _start_server(group, federation["config"], run_dir, root, port, certs.ca)
         for i in range(CLIENTS):
             group.start(
                 f"client{i}",
@@ -132,31 +111,16 @@ def test_supernode_authentication_refuses_an_unregistered_node(federation: dict[
     stranger, _ = make_node_keypair(root / "keys", "stranger")
     port = free_port()
     with ProcessGroup(root / "logs") as group:
-        group.start(
-            "server",
-            fedlearn_cmd(
-                "server",
-                "--config",
-                str(federation["config"]),
-                "--run-dir",
-                str(root / "run"),
-                "--certificates",
-                str(root / "certs"),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--supernode-auth",
-                "--authorized-key",
-                str(registered_pub),
-            ),
-            env=_env(root / "home-server"),
-        )
-        wait_until(
-            lambda: https_healthy("127.0.0.1", port, certs.ca),
-            timeout=120,
-            what="SuperLink",
-            check=lambda: group.check_alive("server"),
+        _start_server(
+            group,
+            federation["config"],
+            root / "run",
+            root,
+            port,
+            certs.ca,
+            "--supernode-auth",
+            "--authorized-key",
+            str(registered_pub),
         )
         wait_until(
             lambda: "submitted run" in group.log_tail("server", 100_000),
@@ -212,6 +176,37 @@ def test_supernode_authentication_refuses_an_unregistered_node(federation: dict[
             check=lambda: group.check_alive("member"),
         )
         assert member.poll() is None
+
+
+def _start_server(
+    group: ProcessGroup, config: Path, run_dir: Path, root: Path, port: int, ca: Path, *extra: str
+) -> subprocess.Popen[bytes]:
+    """Start `fedlearn server` with the test's certificates and wait until its SuperLink is up."""
+    server = group.start(
+        "server",
+        fedlearn_cmd(
+            "server",
+            "--config",
+            str(config),
+            "--run-dir",
+            str(run_dir),
+            "--certificates",
+            str(root / "certs"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            *extra,
+        ),
+        env=_env(root / "home-server"),
+    )
+    wait_until(
+        lambda: https_healthy("127.0.0.1", port, ca),
+        timeout=120,
+        what="SuperLink",
+        check=lambda: group.check_alive("server"),
+    )
+    return server
 
 
 def _env(home: Path) -> dict[str, str]:
