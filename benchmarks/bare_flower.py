@@ -35,33 +35,13 @@ from torch import nn
 from fedlearn.config import RunConfig
 from fedlearn.data import Dataset, partition_bundled, schema_for, split_validation
 from fedlearn.models import build_model
+from fedlearn.simulation import backend_config
 from fedlearn.training import evaluate, train
 
-__all__ = ["BareRun", "backend_config", "client_app", "local_data", "run_bare_fedavg"]
+__all__ = ["BareRun", "client_app", "local_data", "run_bare_fedavg"]
 
 #: The bare baseline always uses the default run config (digits, MLP, 2 local epochs).
 _CFG = RunConfig()
-
-
-def backend_config() -> dict[str, object]:
-    """Return the Simulation Engine settings, identical to :func:`fedlearn.simulation.simulate`'s.
-
-    Returns
-    -------
-    dict
-        ``backend_config`` for :func:`flwr.simulation.run_simulation`.
-    """
-    import os
-
-    return {
-        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-        "init_args": {
-            "num_cpus": os.cpu_count() or 2,
-            "include_dashboard": False,
-            "log_to_driver": False,
-            "logging_level": "error",
-        },
-    }
 
 
 def _model() -> nn.Module:

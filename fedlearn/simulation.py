@@ -28,7 +28,7 @@ from fedlearn.data import Dataset
 from fedlearn.history import History
 from fedlearn.server_app import RoundCallback, make_server_app, server_test_set
 
-__all__ = ["flower_environment", "simulate"]
+__all__ = ["backend_config", "flower_environment", "simulate"]
 
 
 def flower_environment(flwr_home: str | Path) -> dict[str, str]:
@@ -42,6 +42,19 @@ def flower_environment(flwr_home: str | Path) -> dict[str, str]:
         # Without this, Flower may call `uv sync` and download a CUDA torch.
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
         "FLWR_HOME": str(flwr_home),
+    }
+
+
+def backend_config() -> dict[str, object]:
+    """Ray settings: one CPU per simulated client, quiet workers, no dashboard."""
+    return {
+        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+        "init_args": {
+            "num_cpus": os.cpu_count() or 2,
+            "include_dashboard": False,
+            "log_to_driver": False,
+            "logging_level": "error",
+        },
     }
 
 
@@ -116,15 +129,6 @@ def simulate(
         ledger_dir=run_dir / "holders",
         simulated=True,
     )
-    backend_config = {
-        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-        "init_args": {
-            "num_cpus": os.cpu_count() or 2,
-            "include_dashboard": False,
-            "log_to_driver": False,
-            "logging_level": "error",
-        },
-    }
     flwr_logger = logging.getLogger("flwr")
     previous_level = flwr_logger.level
     flwr_logger.setLevel(logging.WARNING)
@@ -133,7 +137,7 @@ def simulate(
             server_app=server_app,
             client_app=client_app,
             num_supernodes=cfg.federation.clients,
-            backend_config=backend_config,  # type: ignore[arg-type]
+            backend_config=backend_config(),  # type: ignore[arg-type]
         )
     finally:
         flwr_logger.setLevel(previous_level)
