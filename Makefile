@@ -10,11 +10,15 @@ STAMP  := $(VENV)/.installed
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml package-lock.json
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[dev]'
+	# CrypTen 0.4.1 declares the retired `sklearn` package; its real needs are in pyproject.
+	$(PY) -m pip install --quiet --no-deps crypten==0.4.1
+	# Solidity toolchain (solc-js, anvil, forge, OpenZeppelin), pinned in package-lock.json.
+	npm ci --no-audit --no-fund --loglevel=error
 	touch $(STAMP)
 
 demo: install
@@ -31,4 +35,4 @@ bench: install
 	$(PY) -m benchmarks.run
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) node_modules runs .pytest_cache .mypy_cache .ruff_cache
