@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+TOOLS  := $(VENV)/tools
 
 .PHONY: install demo test lint bench clean
 
@@ -19,6 +20,9 @@ $(STAMP): pyproject.toml package-lock.json
 	$(PY) -m pip install --quiet --no-deps crypten==0.4.1
 	# Solidity toolchain (solc-js, anvil, forge, OpenZeppelin), pinned in package-lock.json.
 	npm ci --no-audit --no-fund --loglevel=error
+	# Slither pins web3 < 8, so the static analyser gets a venv of its own.
+	test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet slither-analyzer==0.11.6
 	touch $(STAMP)
 
 demo: install
