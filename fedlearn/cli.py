@@ -40,6 +40,28 @@ def _log_to_console() -> None:
     logger.addHandler(RichHandler(console=err, show_path=False))
 
 
+_SECURE_HELP = "Secure aggregation: ckks, secagg+, crypten or none."
+_SECURE_SAYS = {
+    "ckks": "secure aggregation by CKKS homomorphic encryption (the server adds "
+    "ciphertexts; the key is held by the data holders)",
+    "secagg+": "secure aggregation by SecAgg+ masking (the server sees only the sum)",
+    "crypten": "secure aggregation by CrypTen secret sharing (compute parties reveal only the sum)",
+    "none": "[bold red]no secure aggregation: the server sees every update[/]",
+}
+
+
+def _with_secure(cfg: RunConfig, secure: str | None) -> RunConfig:
+    """``cfg`` with ``--secure`` applied, and a loud warning when updates are in the clear."""
+    if secure is not None:
+        cfg = cfg.with_overrides(secure={"mode": secure})
+    if cfg.secure.mode == "none":
+        err.print(
+            "[bold red]WARNING: secure aggregation is off (secure.mode = 'none'): the server "
+            "sees every client's update. Use --secure ckks|secagg+|crypten.[/]"
+        )
+    return cfg
+
+
 def _default_run_dir(prefix: str) -> Path:
     return Path("runs") / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -85,6 +107,7 @@ def demo(
         float, typer.Option(help="Each data holder's ε for the whole run (local DP-SGD).")
     ] = 8.0,
     no_dp: Annotated[bool, typer.Option("--no-dp", help="Train without DP, to compare.")] = False,
+    secure: Annotated[str, typer.Option(help=_SECURE_HELP)] = "ckks",
     run_dir: Annotated[Path | None, typer.Option(help="Run directory.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
@@ -109,6 +132,7 @@ def demo(
                 "target_epsilon": epsilon,
                 "client_epsilon_budget": epsilon,
             },
+            secure={"mode": secure},
         )
         parts, test_set, _ = partition_bundled(cfg.data, clients=clients, seed=seed)
     except (ConfigError, DataError) as exc:
@@ -122,7 +146,8 @@ def demo(
     err.print(
         f"[bold]fedlearn demo[/]: {clients} data holders, {dataset} "
         f"(Dirichlet α={alpha}, {sum(len(p) for p in parts)} training examples), "
-        f"{rounds} rounds of FedAvg on Flower's Simulation Engine, {privacy} → {run_dir}"
+        f"{rounds} rounds of FedAvg on Flower's Simulation Engine, {privacy}, "
+        f"{_SECURE_SAYS[secure]} → {run_dir}"
     )
     summary = _run_simulation(cfg, run_dir=run_dir, resume=False, as_json=as_json)
     history = summary.pop("history")
@@ -186,6 +211,9 @@ def simulate_cmd(
     resume: Annotated[
         Path | None, typer.Option(help="Continue this run directory from its last checkpoint.")
     ] = None,
+    secure: Annotated[
+        str | None, typer.Option(help=_SECURE_HELP + " Overrides the config.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Run a config on Flower's Simulation Engine (the same config `server` deploys)."""
@@ -197,6 +225,7 @@ def simulate_cmd(
             cfg = RunConfig.load(config)
         else:
             raise ConfigError("give --config run.toml (or --resume RUN_DIR)")
+        cfg = _with_secure(cfg, secure)
     except ConfigError as exc:
         raise _fail(str(exc), "fix the config file; every key is documented in README.md") from None
     target = resume or run_dir or _default_run_dir("sim")
@@ -238,6 +267,9 @@ def server(
         ),
     ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds the whole run may take.")] = 3600.0,
+    secure: Annotated[
+        str | None, typer.Option(help=_SECURE_HELP + " Overrides the config.")
+    ] = None,
 ) -> None:
     """Run the federation on Flower's Deployment Engine (SuperLink + ServerApp).
 
@@ -249,10 +281,16 @@ def server(
 
     _log_to_console()
     try:
-        cfg = RunConfig.load(config)
+        cfg = _with_secure(RunConfig.load(config), secure)
     except ConfigError as exc:
         raise _fail(str(exc), "fix the config file") from None
     target = (resume or run_dir or _default_run_dir("server")).resolve()
+    if secure is not None:  # the ServerApp reads its config from a file
+        import tomli_w
+
+        target.mkdir(parents=True, exist_ok=True)
+        config = target / "effective-config.toml"
+        config.write_text(tomli_w.dumps(cfg.to_dict()), encoding="utf-8")
     if insecure:
         if certificates is not None or supernode_auth:
             raise _fail("--insecure cannot be combined with --certificates or --supernode-auth")

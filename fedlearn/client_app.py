@@ -45,6 +45,11 @@ from fedlearn.privacy.holder import (
 )
 from fedlearn.privacy.ledger import BudgetExceeded, PrivacyBudget, release_event
 from fedlearn.privacy.local_dp import DPSGDPlan, check_dp_compatible, plan_dp_sgd, train_dp_sgd
+from fedlearn.privacy.secure.client_mod import (
+    SECURE_ERROR,
+    handle_secure_query,
+    secure_aggregation_mod,
+)
 from fedlearn.training import evaluate, train
 
 __all__ = [
@@ -80,6 +85,7 @@ class ErrorCode:
     MODEL = 1003
     TRAINING = 1004
     BUDGET = 1005
+    SECURE = SECURE_ERROR
 
 
 @functools.lru_cache(maxsize=4)
@@ -343,7 +349,8 @@ def make_client_app(
         )
         return cfg, model, train_set, val_set, client, fingerprint
 
-    @app.train(mods=[user_level_dp_mod])
+    # Outermost first: the secure mod protects what the DP mod clipped and noised.
+    @app.train(mods=[secure_aggregation_mod, user_level_dp_mod])
     def _train(msg: Message, context: Context) -> Message:
         prepared = _prepare(msg, context)
         if isinstance(prepared, Message):
@@ -376,6 +383,7 @@ def make_client_app(
                 train_set,
                 cfg.train,
                 seed=client_seed(cfg.federation.seed, server_round, client),
+                proximal_mu=float(cast(float, msg.content["config"].get("proximal-mu", 0.0))),
             )
         except (ValueError, RuntimeError) as exc:
             return _error(msg, ErrorCode.TRAINING, f"local training failed: {exc}")
@@ -402,6 +410,7 @@ def make_client_app(
         )
         return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
 
+    app.query("secure")(handle_secure_query)
     return app
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "ModelConfig",
     "PrivacyConfig",
     "RunConfig",
+    "SecureConfig",
     "ServerConfig",
     "TrainConfig",
 ]
@@ -33,6 +34,9 @@ __all__ = [
 BUNDLED_DATASETS = ("digits", "mnist")
 PARTITIONERS = ("dirichlet", "iid")
 CENTRAL_DP_MODES = ("none", "server", "client", "distributed")
+SECURE_MODES = ("none", "ckks", "secagg+", "crypten")
+#: Strategies that need every individual update; secure modes only reveal the sum.
+NONLINEAR_STRATEGIES = ("fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan")
 
 
 class ConfigError(ValueError):
@@ -337,6 +341,70 @@ class PrivacyConfig:
         _require(self.central_clipping_norm > 0, "privacy.central-clipping-norm", "must be > 0")
 
 
+@dataclass(frozen=True, kw_only=True)
+class SecureConfig:
+    """Secure aggregation: the server learns only the sum of the updates.
+
+    Parameters
+    ----------
+    mode : str, default "none"
+        ``"none"`` (the server sees each update), ``"ckks"`` (homomorphic
+        encryption, TenSEAL; the key is held by the clients), ``"secagg+"``
+        (SecAgg+ masking, Bell et al. 2020) or ``"crypten"`` (additive secret
+        shares summed by non-colluding compute parties).
+    max_examples : int, default 1000
+        Cap on the example count a client is weighted by (weights are
+        ``min(n, cap) / cap``); bounds what an inflated count can gain.
+    secagg_num_shares : int, default 0
+        SecAgg+ neighbourhood size (odd, >= 3); 0: every sampled client (the
+        largest odd number not above their count).
+    secagg_reconstruction_threshold : int, default 0
+        Shares needed to rebuild a secret; 0: a strict majority of the neighbourhood.
+    secagg_clipping_range : float, default 8.0
+        SecAgg+ quantizes each weighted update coordinate in
+        ``[-range, range]``; a client with a larger value refuses the round.
+    secagg_quantization_range : int, default 4194304
+        Quantization levels over the clipping range (2^22).
+    crypten_parties : int, default 2
+        Number of CrypTen compute parties (>= 2).
+    """
+
+    mode: str = "none"
+    max_examples: int = 1000
+    secagg_num_shares: int = 0
+    secagg_reconstruction_threshold: int = 0
+    secagg_clipping_range: float = 8.0
+    secagg_quantization_range: int = 1 << 22
+    crypten_parties: int = 2
+
+    def __post_init__(self) -> None:
+        _require(
+            self.mode in SECURE_MODES,
+            "secure.mode",
+            f"unknown mode {self.mode!r}; choose from {list(SECURE_MODES)}",
+        )
+        _require(self.max_examples >= 1, "secure.max-examples", "must be >= 1")
+        _require(
+            self.secagg_num_shares == 0
+            or (self.secagg_num_shares >= 3 and self.secagg_num_shares % 2 == 1),
+            "secure.secagg-num-shares",
+            f"must be 0 (all) or odd and >= 3, got {self.secagg_num_shares} "
+            "(an even neighbourhood halts SecAgg+ rounds)",
+        )
+        _require(
+            self.secagg_reconstruction_threshold >= 0,
+            "secure.secagg-reconstruction-threshold",
+            "must be >= 0",
+        )
+        _require(self.secagg_clipping_range > 0, "secure.secagg-clipping-range", "must be > 0")
+        _require(
+            self.secagg_quantization_range >= 2,
+            "secure.secagg-quantization-range",
+            "must be >= 2",
+        )
+        _require(self.crypten_parties >= 2, "secure.crypten-parties", "must be >= 2")
+
+
 _SECTIONS: dict[str, type[Any]] = {
     "federation": FederationConfig,
     "data": DataConfig,
@@ -344,6 +412,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "train": TrainConfig,
     "server": ServerConfig,
     "privacy": PrivacyConfig,
+    "secure": SecureConfig,
 }
 
 
@@ -385,6 +454,24 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    secure: SecureConfig = field(default_factory=SecureConfig)
+
+    def __post_init__(self) -> None:
+        if self.secure.mode == "none":
+            return
+        _require(
+            self.federation.strategy not in NONLINEAR_STRATEGIES,
+            "federation.strategy",
+            f"{self.federation.strategy!r} needs every individual update, which secure "
+            f"aggregation ({self.secure.mode}) never reveals; use a linear strategy "
+            "(fedavg, fedavgm, fedadam, fedyogi, fedadagrad, fedprox) or secure.mode = 'none'",
+        )
+        _require(
+            self.privacy.central_dp != "server",
+            "privacy.central-dp",
+            "'server' clips each update on the server, which secure aggregation forbids; "
+            "use 'client' or 'distributed' with a secure mode",
+        )
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Self:

@@ -24,7 +24,9 @@ class RoundRecord:
     holds each client's privacy-ledger entry for the round (ε spent so far,
     this round's ε, δ, noise multiplier, clipping norm, sampling rate, steps),
     keyed ``"<client>@node<node id>"``, and ``central_privacy`` the server's
-    for user-level DP.
+    for user-level DP. ``secure`` says what secure aggregation did: mode,
+    clients in the sum, clients dropped by the protocol (and why), an abort
+    reason, and the seconds its set-up and aggregation stages took.
     """
 
     round: int
@@ -42,6 +44,7 @@ class RoundRecord:
     bytes_received: int = 0
     privacy: dict[str, dict[str, float]] = field(default_factory=dict)
     central_privacy: dict[str, float] = field(default_factory=dict)
+    secure: dict[str, Any] = field(default_factory=dict)
 
     @property
     def max_client_epsilon(self) -> float | None:

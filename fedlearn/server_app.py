@@ -44,6 +44,9 @@ from fedlearn.config import ConfigError, RunConfig
 from fedlearn.data import Dataset, load_file, partition_bundled, schema_for
 from fedlearn.history import History, RoundRecord
 from fedlearn.privacy.central_dp import CentralDP
+from fedlearn.privacy.secure.aggregation import SecureAggregation
+from fedlearn.privacy.secure.base import ServerProtocol
+from fedlearn.privacy.secure.modes import server_protocol
 from fedlearn.strategies import ValidatedReplies, build_strategy, export_state, import_state
 from fedlearn.training import evaluate
 
@@ -225,12 +228,18 @@ def run_federation(
     run_dir.mkdir(parents=True, exist_ok=True)
     with _run_log(run_dir):
         _write_status(run_dir, "running")
+        protocol = server_protocol(cfg) if cfg.secure.mode != "none" else None
         try:
-            history = _run(grid, cfg, run_dir, strategy, model_fn, test_set, resume, on_round)
+            history = _run(
+                grid, cfg, run_dir, strategy, model_fn, test_set, resume, on_round, protocol
+            )
         except BaseException as exc:
             log.exception("run failed")
             _write_status(run_dir, "failed", f"{type(exc).__name__}: {exc}")
             raise
+        finally:
+            if protocol is not None:
+                protocol.close()  # e.g. stops CrypTen's compute parties
         _write_status(run_dir, "completed")
         return history
 
@@ -244,6 +253,7 @@ def _run(
     test_set: Dataset | None,
     resume: bool,
     on_round: RoundCallback | None,
+    protocol: ServerProtocol | None,
 ) -> History:
     fed = cfg.federation
     inner = strategy or build_strategy(
@@ -270,7 +280,24 @@ def _run(
             accountant=cfg.privacy.accountant,  # type: ignore[arg-type]
             ledger_path=ledger_path,
         )
-    validated = ValidatedReplies(central or inner, min_replies=fed.min_train_clients)
+    aggregator: Strategy = central or inner
+    secure: SecureAggregation | None = None
+    if protocol is not None:
+        secure = SecureAggregation(
+            aggregator,
+            protocol=protocol,
+            min_contributors=fed.min_train_clients,
+            max_examples=cfg.secure.max_examples,
+            # Under DP the weights are public constants (counts are not released).
+            uniform_weights=cfg.privacy.local_dp or cfg.privacy.central_dp != "none",
+            timeout=fed.timeout,
+        )
+        aggregator = secure
+    validated = ValidatedReplies(
+        aggregator,
+        min_replies=fed.min_train_clients,
+        check=secure.check_reply if secure is not None else None,
+    )
 
     history = History()
     checkpoint = load_latest(run_dir / "checkpoints") if resume else None
@@ -296,13 +323,14 @@ def _run(
     (run_dir / "config.toml").write_text(tomli_w.dumps(cfg.to_dict()), encoding="utf-8")
 
     log.info(
-        "run %s: %d rounds of %s, %d clients, local DP %s, central DP %s",
+        "run %s: %d rounds of %s, %d clients, local DP %s, central DP %s, secure aggregation %s",
         run_dir.name,
         fed.rounds,
         type(inner).__name__,
         fed.clients,
         "on" if cfg.privacy.local_dp else "off",
         cfg.privacy.central_dp,
+        cfg.secure.mode,
     )
     remaining = fed.rounds - done
     if remaining <= 0:
@@ -340,6 +368,16 @@ def _run(
                 "noise-multiplier": entry.noise_multiplier,
                 "clipping-norm": entry.clipping_norm,
                 "sample-rate": entry.sample_rate,
+            }
+        if secure is not None:
+            secure_report = secure.last_report
+            record.secure = {
+                "mode": secure_report.mode,
+                "contributors": len(secure_report.contributors),
+                "dropped": {str(k): v for k, v in secure_report.dropped.items()},
+                "aborted": secure_report.aborted,
+                "setup-seconds": secure_report.setup_seconds,
+                "aggregate-seconds": secure_report.aggregate_seconds,
             }
         metrics = MetricRecord()
         if test_set is not None:

@@ -28,10 +28,19 @@ class EvalResult:
     num_examples: int
 
 
-def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, seed: int) -> float:
-    """Train ``model`` in place for ``cfg.local_epochs`` epochs; return the mean loss."""
+def train(
+    model: nn.Module, data: Dataset, cfg: TrainConfig, *, seed: int, proximal_mu: float = 0.0
+) -> float:
+    """Train ``model`` in place for ``cfg.local_epochs`` epochs; return the mean loss.
+
+    ``proximal_mu`` > 0 adds FedProx's term ``μ/2 ‖w − w_start‖²`` (Li et al.
+    2020), keeping the local model near the global one it started from.
+    """
     if len(data) == 0:
         raise ValueError("cannot train on an empty dataset")
+    if proximal_mu < 0:
+        raise ValueError(f"proximal_mu must be >= 0, got {proximal_mu}")
+    start = [p.detach().clone() for p in model.parameters()]
     rng = np.random.default_rng(seed)
     x = torch.from_numpy(data.x)
     y = torch.from_numpy(data.y)
@@ -44,7 +53,13 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, seed: int) -> fl
         for batch in torch.split(order, cfg.batch_size):
             optimizer.zero_grad()
             loss = loss_fn(model(x[batch]), y[batch])
-            loss.backward()
+            if proximal_mu > 0:
+                distance = sum(
+                    ((p - p0) ** 2).sum() for p, p0 in zip(model.parameters(), start, strict=True)
+                )
+                (loss + proximal_mu / 2 * distance).backward()
+            else:
+                loss.backward()
             optimizer.step()
             total += float(loss.detach()) * len(batch)
             count += len(batch)

@@ -58,6 +58,7 @@ from fedlearn.privacy.accounting import AccountantName
 from fedlearn.privacy.clipping import clip_by_global_norm, global_norm
 from fedlearn.privacy.ledger import LedgerEntry, PrivacyLedger
 from fedlearn.privacy.noise import add_gaussian_noise, central_noise_std, distributed_noise_std
+from fedlearn.privacy.secure.aggregation import CONTRIBUTORS_KEY
 
 __all__ = ["CentralDP", "CentralDPMode", "user_level_dp_mod"]
 
@@ -198,6 +199,14 @@ class CentralDP(Strategy):
         for msg in replies:
             local = _arrays(next(iter(msg.content.array_records.values())))
             update = [local[k].astype(np.float64) - self._global[k] for k in keys]
+            summed = _secure_contributors(msg)
+            if summed is not None:
+                # SecureAggregation's reply: the mean of `summed` updates the clients
+                # clipped (and noised) themselves; the server cannot check their norms.
+                for k, u in zip(keys, update, strict=True):
+                    total[k] += u * summed
+                used += summed
+                continue
             if self.mode == "server":
                 update, _ = clip_by_global_norm(update, self.clipping_norm)
             elif self.mode == "client" and global_norm(update) > self.clipping_norm * (1 + 1e-5):
@@ -265,6 +274,14 @@ class CentralDP(Strategy):
     ) -> MetricRecord | None:
         """Delegate to the wrapped strategy."""
         return self.strategy.aggregate_evaluate(server_round, replies)
+
+
+def _secure_contributors(msg: Message) -> int | None:
+    """How many clients a secure aggregate stands for (``None`` for a plain reply)."""
+    for metrics in msg.content.metric_records.values():
+        if CONTRIBUTORS_KEY in metrics:
+            return int(cast(int, metrics[CONTRIBUTORS_KEY]))
+    return None
 
 
 def clip_and_noise(

@@ -11,6 +11,7 @@ from flwr.serverapp.strategy import (
     FedAvg,
     FedAvgM,
     FedMedian,
+    FedProx,
     FedTrimmedAvg,
     FedYogi,
     Strategy,
@@ -24,6 +25,7 @@ STRATEGIES: dict[str, Callable[..., Strategy]] = {
     "fedadam": FedAdam,
     "fedyogi": FedYogi,
     "fedadagrad": FedAdagrad,
+    "fedprox": lambda **kw: FedProx(proximal_mu=0.1, **kw),
     "fedmedian": FedMedian,
     "fedtrimmedavg": FedTrimmedAvg,
 }

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -49,6 +49,10 @@ class ValidatedReplies(Strategy):
         least this many valid updates arrived.
     weighted_by_key : str, default "num-examples"
         Metric every reply must carry as a positive, finite number.
+    check : callable, optional
+        ``(reply) -> reason or None`` that replaces the plaintext array checks,
+        for replies whose update is protected (secure aggregation validates
+        its own payload: ``SecureAggregation.check_reply``).
 
     Examples
     --------
@@ -57,13 +61,19 @@ class ValidatedReplies(Strategy):
     """
 
     def __init__(
-        self, strategy: Strategy, *, min_replies: int, weighted_by_key: str = "num-examples"
+        self,
+        strategy: Strategy,
+        *,
+        min_replies: int,
+        weighted_by_key: str = "num-examples",
+        check: Callable[[Message], str | None] | None = None,
     ) -> None:
         if min_replies < 1:
             raise ValueError(f"min_replies must be >= 1, got {min_replies}")
         self.strategy = strategy
         self.min_replies = min_replies
         self.weighted_by_key = weighted_by_key
+        self.check = check
         self._expected: dict[str, tuple[tuple[int, ...], str]] = {}
         self.last_report = RoundReport()
 
@@ -86,10 +96,10 @@ class ValidatedReplies(Strategy):
         if msg.has_error():
             return f"client error: {msg.error.reason}"
         content = msg.content
+        if self.check is not None:
+            return self.check(msg) or self._check_weight(msg)
         if len(content.array_records) != 1:
             return f"expected exactly one ArrayRecord, got {len(content.array_records)}"
-        if len(content.metric_records) != 1:
-            return f"expected exactly one MetricRecord, got {len(content.metric_records)}"
         record = next(iter(content.array_records.values()))
         if set(record.keys()) != set(self._expected):
             return f"array keys {sorted(record.keys())} differ from the model's"
@@ -102,7 +112,12 @@ class ValidatedReplies(Strategy):
                 )
             if not np.isfinite(array.numpy()).all():
                 return f"array {key!r} contains NaN or infinity"
-        metrics = next(iter(content.metric_records.values()))
+        return self._check_weight(msg)
+
+    def _check_weight(self, msg: Message) -> str | None:
+        if len(msg.content.metric_records) != 1:
+            return f"expected exactly one MetricRecord, got {len(msg.content.metric_records)}"
+        metrics = next(iter(msg.content.metric_records.values()))
         weight = metrics.get(self.weighted_by_key)
         if not isinstance(weight, int | float) or not math.isfinite(weight) or weight <= 0:
             return f"metric {self.weighted_by_key!r} must be a positive number, got {weight!r}"

@@ -1,0 +1,269 @@
+"""``SecureAggregation``: any linear strategy on top of a secure sum.
+
+The wrapper runs a mode's stages around Flower's round: before the train
+messages leave it lets the mode set up the sampled clients (key ceremony,
+SecAgg+ key sharing, compute-party keys); when the protected replies are in,
+it has the mode reveal their sum only, turns ``[Σ w·u, Σ w]`` into the
+weighted mean update, and hands the wrapped strategy a single reply that
+carries ``global + mean update`` with weight ``Σ w``. FedAvg returns that
+model; FedAvgM, FedAdam, FedYogi, FedAdagrad and FedProx apply their server
+optimiser to it exactly as to a plaintext average. Strategies that need every
+update (median, trimmed mean, Krum, Bulyan) are refused.
+
+Wrap it in :class:`~fedlearn.strategies.ValidatedReplies` with
+``check=wrapper.check_reply`` so malformed protected replies are set aside
+and the round rule counts only well-formed ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import (
+    Bulyan,
+    FedMedian,
+    FedTrimmedAvg,
+    Krum,
+    MultiKrum,
+    Strategy,
+)
+from numpy.typing import NDArray
+
+from fedlearn.privacy.secure.base import (
+    BLOBS,
+    AggregationAbortedError,
+    ServerProtocol,
+)
+from fedlearn.privacy.secure.packing import mean_update, vector_length
+
+__all__ = [
+    "CONTRIBUTORS_KEY",
+    "MAX_EXAMPLES_KEY",
+    "MODE_KEY",
+    "UNIFORM_KEY",
+    "SecureAggregation",
+    "SecureRoundReport",
+]
+
+log = logging.getLogger(__name__)
+
+#: Train-config keys that tell clients to protect their update, and how to weight it.
+MODE_KEY = "secure-mode"
+UNIFORM_KEY = "secure-uniform-weights"
+MAX_EXAMPLES_KEY = "secure-max-examples"
+#: Metric of the aggregate reply: how many clients are in the sum.
+CONTRIBUTORS_KEY = "secure-contributors"
+
+_NEEDS_INDIVIDUAL_UPDATES = (FedMedian, FedTrimmedAvg, Krum, MultiKrum, Bulyan)
+
+
+@dataclass
+class SecureRoundReport:
+    """What the secure layer did in one round (for the round record)."""
+
+    mode: str = ""
+    contributors: list[int] = field(default_factory=list)
+    dropped: dict[int, str] = field(default_factory=dict)
+    aborted: str = ""
+    setup_seconds: float = 0.0
+    aggregate_seconds: float = 0.0
+
+
+class SecureAggregation(Strategy):
+    """Aggregate with a secure-aggregation protocol; the server sees only the sum.
+
+    Parameters
+    ----------
+    strategy : Strategy
+        A linear strategy (FedAvg, FedAvgM, FedAdam, FedYogi, FedAdagrad, FedProx),
+        or :class:`~fedlearn.privacy.central_dp.CentralDP` in ``client`` /
+        ``distributed`` mode wrapping one.
+    protocol : ServerProtocol
+        The mode's server side (CKKS, SecAgg+ or CrypTen).
+    min_contributors : int
+        Fewest clients whose update may be revealed as a sum; a round with
+        fewer is skipped (model unchanged).
+    max_examples : int, default 1000
+        Cap on a client's example count (its weight is ``min(n, cap) / cap``).
+    uniform_weights : bool, default False
+        Weight every client 1 (local DP, user-level DP).
+    timeout : float, default 600
+        Seconds each protocol stage waits for replies.
+
+    Examples
+    --------
+    >>> from flwr.serverapp.strategy import FedAvg
+    >>> from fedlearn.privacy.secure.secaggplus import SecAggPlusServer
+    >>> protocol = SecAggPlusServer(num_shares=5, reconstruction_threshold=3)
+    >>> strategy = SecureAggregation(FedAvg(), protocol=protocol, min_contributors=3)
+    """
+
+    def __init__(
+        self,
+        strategy: Strategy,
+        *,
+        protocol: ServerProtocol,
+        min_contributors: int,
+        max_examples: int = 1000,
+        uniform_weights: bool = False,
+        timeout: float = 600.0,
+    ) -> None:
+        inner = strategy
+        while hasattr(inner, "strategy"):  # look through wrappers such as CentralDP
+            inner = inner.strategy
+        if isinstance(inner, _NEEDS_INDIVIDUAL_UPDATES):
+            raise ValueError(
+                f"{type(inner).__name__} needs every individual update, which secure "
+                f"aggregation ({protocol.mode}) never reveals; use a linear strategy "
+                "such as FedAvg, FedAvgM, FedAdam or FedProx"
+            )
+        if min_contributors < 1:
+            raise ValueError(f"min_contributors must be >= 1, got {min_contributors}")
+        if max_examples < 1:
+            raise ValueError(f"max_examples must be >= 1, got {max_examples}")
+        if timeout <= 0:
+            raise ValueError(f"timeout must be > 0, got {timeout}")
+        self.strategy = strategy
+        self.protocol = protocol
+        self.min_contributors = min_contributors
+        self.max_examples = max_examples
+        self.uniform_weights = uniform_weights
+        self.timeout = timeout
+        self.last_report = SecureRoundReport(mode=protocol.mode)
+        self._grid: Grid | None = None
+        self._global: dict[str, NDArray[Any]] = {}
+        self._length = 0
+
+    def summary(self) -> None:
+        """Log the wrapped strategy's summary and the mode."""
+        self.strategy.summary()
+        log.info(
+            "SecureAggregation(%s): sums of >= %d clients only",
+            self.protocol.mode,
+            self.min_contributors,
+        )
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Sample clients, run the mode's set-up stages, attach what each node needs."""
+        self._grid = grid
+        self._global = {k: a.numpy() for k, a in arrays.items()}
+        self._length = vector_length(self._global)
+        self.last_report = SecureRoundReport(mode=self.protocol.mode)
+        config[MODE_KEY] = self.protocol.mode
+        config[UNIFORM_KEY] = self.uniform_weights
+        config[MAX_EXAMPLES_KEY] = self.max_examples
+        messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
+        if not messages:
+            return messages
+        started = time.perf_counter()
+        ready = self.protocol.setup(
+            grid,
+            server_round=server_round,
+            node_ids=[m.metadata.dst_node_id for m in messages],
+            timeout=self.timeout,
+        )
+        self.last_report.setup_seconds = time.perf_counter() - started
+        out = []
+        for msg in messages:
+            node = msg.metadata.dst_node_id
+            if node not in ready:
+                self.last_report.dropped[node] = "did not complete the set-up stages"
+                continue
+            for name, record in ready[node].items():
+                msg.content[name] = record
+            out.append(msg)
+        if len(out) < len(messages):
+            log.warning(
+                "round %d: %d of %d sampled clients dropped during %s set-up",
+                server_round,
+                len(messages) - len(out),
+                len(messages),
+                self.protocol.mode,
+            )
+        return out
+
+    def check_reply(self, msg: Message) -> str | None:
+        """Why a protected train reply is unusable (for ``ValidatedReplies``)."""
+        if msg.has_error():
+            return f"client error: {msg.error.reason}"
+        if "arrays" in msg.content.array_records:
+            return "plaintext model update in a secure round (refused unread)"
+        if BLOBS not in msg.content.array_records:
+            return f"no protected update ({BLOBS!r} record missing)"
+        return self.protocol.check_reply(msg, length=self._length)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Reveal the sum of the protected updates and let the strategy apply it."""
+        replies = list(replies)
+        report = self.last_report
+        if self._grid is None:
+            raise RuntimeError("aggregate_train called before configure_train")
+        started = time.perf_counter()
+        try:
+            total = self.protocol.aggregate(
+                self._grid,
+                server_round=server_round,
+                replies=replies,
+                length=self._length,
+                timeout=self.timeout,
+            )
+            if len(total.contributors) < self.min_contributors:
+                raise AggregationAbortedError(
+                    f"only {len(total.contributors)} client(s) in the sum, "
+                    f"the round needs {self.min_contributors}"
+                )
+            update = mean_update(total.vector, like=self._global)
+        except (AggregationAbortedError, ValueError) as exc:
+            report.aborted = str(exc)
+            log.warning(
+                "round %d: %s aggregation aborted, global model unchanged: %s",
+                server_round,
+                self.protocol.mode,
+                exc,
+            )
+            return None, None
+        finally:
+            report.aggregate_seconds = time.perf_counter() - started
+        report.contributors = list(total.contributors)
+        report.dropped.update(total.dropped)
+        model = ArrayRecord(
+            {k: Array((g + update[k]).astype(g.dtype, copy=False)) for k, g in self._global.items()}
+        )
+        weight = float(total.vector[-1])
+        aggregate = Message(  # type: ignore[call-overload]  # metadata-only form exists at run time
+            content=RecordDict(
+                {
+                    "arrays": model,
+                    "metrics": MetricRecord(
+                        {"num-examples": weight, CONTRIBUTORS_KEY: len(total.contributors)}
+                    ),
+                }
+            ),
+            metadata=replies[0].metadata,
+        )
+        arrays, metrics = self.strategy.aggregate_train(server_round, [aggregate])
+        out = MetricRecord(dict(metrics) if metrics is not None else {})
+        out[CONTRIBUTORS_KEY] = len(total.contributors)
+        return arrays, out
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Delegate to the wrapped strategy (evaluation replies are metrics only)."""
+        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """Delegate to the wrapped strategy."""
+        return self.strategy.aggregate_evaluate(server_round, replies)

@@ -1,0 +1,86 @@
+"""The data holder's side of secure aggregation: a client mod and a query handler.
+
+``secure_aggregation_mod`` sits outermost on the ClientApp's train handler:
+the handler (and any DP mod inside it) trains and returns the model; the mod
+turns it into the protected vector ``[w·(θ_k − θ), w]`` and replies only the
+mode's protected form of it. The plaintext update never leaves the mod.
+``handle_secure_query`` answers the modes' stage requests (key ceremony,
+SecAgg+ key sharing and unmasking, CKKS decryption of an aggregate).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, cast
+
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.clientapp.typing import ClientAppCallable
+
+from fedlearn.privacy.secure.aggregation import MAX_EXAMPLES_KEY, MODE_KEY, UNIFORM_KEY
+from fedlearn.privacy.secure.base import BLOBS, stage_of
+from fedlearn.privacy.secure.modes import client_protocol
+from fedlearn.privacy.secure.packing import client_vector, example_weight
+
+__all__ = ["SECURE_ERROR", "handle_secure_query", "secure_aggregation_mod"]
+
+log = logging.getLogger(__name__)
+
+#: Error code of a reply refused by the secure layer (see ``fedlearn.client_app.ErrorCode``).
+SECURE_ERROR = 1006
+
+#: Stage-name prefix of each mode's requests.
+_PREFIXES = {"ckks-": "ckks", "secagg-": "secagg+", "crypten-": "crypten"}
+
+
+def _error(msg: Message, reason: str) -> Message:
+    return Message(Error(code=SECURE_ERROR, reason=reason), reply_to=msg)
+
+
+def secure_aggregation_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Client mod: reply the protected update instead of the trained model.
+
+    Acts only on train messages whose config names a secure mode; anything
+    else passes through unchanged.
+    """
+    config = msg.content.config_records.get("config")
+    mode = str(config.get(MODE_KEY, "none")) if config is not None else "none"
+    if mode == "none":
+        return call_next(msg, context)
+    reply = call_next(msg, context)
+    if reply.has_error():
+        return reply
+    assert config is not None
+    try:
+        protocol = client_protocol(mode)
+        sent = {k: a.numpy() for k, a in msg.content.array_records["arrays"].items()}
+        trained = {k: a.numpy() for k, a in reply.content.array_records["arrays"].items()}
+        metrics = reply.content.metric_records["metrics"]
+        if bool(config.get(UNIFORM_KEY, False)):
+            weight = 1.0
+        else:
+            cap = int(cast(int, config.get(MAX_EXAMPLES_KEY, 1000)))
+            weight = example_weight(float(cast(float, metrics["num-examples"])), max_examples=cap)
+        vector = client_vector(trained=trained, sent=sent, weight=weight)
+        protected = protocol.protect(vector, msg, context)
+    except (KeyError, ValueError, RuntimeError) as exc:
+        log.warning("secure aggregation (%s) refused this round: %s", mode, exc)
+        return _error(msg, f"cannot protect the update ({mode}): {exc}")
+    content: dict[str, Any] = {BLOBS: protected}
+    content.update(reply.content.metric_records)
+    content.update(reply.content.config_records)  # e.g. the privacy-ledger report
+    return Message(RecordDict(content), reply_to=msg)
+
+
+def handle_secure_query(msg: Message, context: Context) -> Message:
+    """Answer a secure-aggregation stage request (``query.secure`` messages)."""
+    try:
+        stage = stage_of(msg)
+    except ValueError as exc:
+        return _error(msg, str(exc))
+    mode = next((m for prefix, m in _PREFIXES.items() if stage.startswith(prefix)), None)
+    if mode is None:
+        return _error(msg, f"unknown secure-aggregation stage {stage!r}")
+    try:
+        return client_protocol(mode).handle_query(msg, context)
+    except (KeyError, ValueError, RuntimeError) as exc:
+        return _error(msg, f"{stage} failed: {exc}")
