@@ -50,7 +50,8 @@ class Federation:
     **overrides
         Section-free shortcuts: ``rounds``, ``clients``, ``seed``,
         ``dataset``, ``alpha``, ``partitioner``, ``local_epochs``,
-        ``learning_rate``, ``batch_size``.
+        ``learning_rate``, ``batch_size``, ``secure`` (the secure-aggregation
+        mode: ``"ckks"``, ``"secagg+"``, ``"crypten"`` or ``"none"``).
     """
 
     _SHORTCUTS: ClassVar[dict[str, str]] = {
@@ -68,6 +69,7 @@ class Federation:
         "learning_rate": "train",
         "batch_size": "train",
         "momentum": "train",
+        "secure": "secure",
     }
 
     def __init__(
@@ -84,7 +86,7 @@ class Federation:
         for key, value in overrides.items():
             if key not in self._SHORTCUTS:
                 raise TypeError(f"unknown option {key!r}; known: {sorted(self._SHORTCUTS)}")
-            name = "strategy" if key == "strategy_name" else key
+            name = {"strategy_name": "strategy", "secure": "mode"}.get(key, key)
             sections.setdefault(self._SHORTCUTS[key], {})[name] = value
         if partitions is not None:
             sections.setdefault("federation", {})["clients"] = len(partitions)

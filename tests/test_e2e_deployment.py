@@ -1,6 +1,7 @@
 """End to end on Flower's Deployment Engine: real SuperLink, ServerApp and three
 SuperNodes as separate processes on 127.0.0.1 with TLS, each data holder
-reading its own CSV file."""
+reading its own CSV file; the federation aggregates under CKKS (the demo's
+default mode), so the key ceremony and decryption stages cross real gRPC."""
 
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return files
 
 
-def test_tls_federation_of_three_supernodes_reading_their_own_csv(
+def test_tls_ckks_federation_of_three_supernodes_reading_their_own_csv(
     federation: dict[str, Path],
 ) -> None:
     root = federation["root"]
@@ -66,7 +67,9 @@ def test_tls_federation_of_three_supernodes_reading_their_own_csv(
     port = free_port()
     run_dir = root / "run"
     with ProcessGroup(root / "logs") as group:
-        server = _start_server(group, federation["config"], run_dir, root, port, certs.ca)
+        server = _start_server(
+            group, federation["config"], run_dir, root, port, certs.ca, "--secure", "ckks"
+        )
         for i in range(CLIENTS):
             group.start(
                 f"client{i}",
@@ -97,6 +100,8 @@ def test_tls_federation_of_three_supernodes_reading_their_own_csv(
     history = History.load(run_dir / "history.json")
     assert [r.round for r in history.rounds] == [1, 2, 3]
     assert all(r.accepted == CLIENTS and r.applied for r in history.rounds)
+    assert all(r.secure["mode"] == "ckks" for r in history.rounds)
+    assert all(r.secure["contributors"] == CLIENTS for r in history.rounds)
     assert history.rounds[-1].accuracy > 0.85, history.to_dict()
     assert history.rounds[-1].federated_accuracy > 0.8
     assert load_latest(run_dir / "checkpoints").round == 3

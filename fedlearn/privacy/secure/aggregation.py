@@ -177,8 +177,8 @@ class SecureAggregation(Strategy):
             if node not in ready:
                 self.last_report.dropped[node] = "did not complete the set-up stages"
                 continue
-            for name, record in ready[node].items():
-                msg.content[name] = record
+            # Strategies share one content object among a round's messages: copy it.
+            msg.content = RecordDict({**msg.content, **ready[node]})
             out.append(msg)
         if len(out) < len(messages):
             log.warning(
