@@ -164,13 +164,24 @@ class SecureAggregation(Strategy):
         if not messages:
             return messages
         started = time.perf_counter()
-        ready = self.protocol.setup(
-            grid,
-            server_round=server_round,
-            node_ids=[m.metadata.dst_node_id for m in messages],
-            timeout=self.timeout,
-        )
-        self.last_report.setup_seconds = time.perf_counter() - started
+        try:
+            ready = self.protocol.setup(
+                grid,
+                server_round=server_round,
+                node_ids=[m.metadata.dst_node_id for m in messages],
+                timeout=self.timeout,
+            )
+        except AggregationAbortedError as exc:
+            self.last_report.aborted = str(exc)
+            log.warning(
+                "round %d: %s set-up aborted, no client trains: %s",
+                server_round,
+                self.protocol.mode,
+                exc,
+            )
+            return []
+        finally:
+            self.last_report.setup_seconds = time.perf_counter() - started
         out = []
         for msg in messages:
             node = msg.metadata.dst_node_id
