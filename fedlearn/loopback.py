@@ -54,6 +54,11 @@ class LoopbackGrid(Grid):
         One handler per node id.
     drop : DropRule, optional
         Nodes for which it returns True do not answer (as if they had gone).
+
+    Attributes
+    ----------
+    sent, received : list of Message
+        Every message delivered to a node, and every reply, in order.
     """
 
     def __init__(self, handlers: dict[int, Handler], *, drop: DropRule | None = None) -> None:
@@ -64,6 +69,7 @@ class LoopbackGrid(Grid):
         }
         self.drop = drop
         self.sent: list[Message] = []
+        self.received: list[Message] = []
         self._replies: dict[str, Message] = {}
         self._ids = itertools.count(1)
         self._run = Run.create_empty(run_id=1)
@@ -103,7 +109,9 @@ class LoopbackGrid(Grid):
             ids.append(msg_id)
             if node not in self.handlers or (self.drop is not None and self.drop(node, msg)):
                 continue
-            self._replies[msg_id] = self.handlers[node](msg, self.contexts[node])
+            reply = self.handlers[node](msg, self.contexts[node])
+            self.received.append(reply)
+            self._replies[msg_id] = reply
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:

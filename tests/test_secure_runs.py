@@ -32,8 +32,10 @@ BASE = {
     "federation": {"rounds": 2, "clients": CLIENTS, "seed": 3, "min-train-clients": 3},
     "train": {"local-epochs": 1},
 }
-#: Largest |Δθ| between the secure and the plaintext run's final model (two rounds).
-TOLERANCE = {"ckks": 1e-4, "secagg+": 1e-3, "crypten": 1e-3}
+#: Largest |Δθ| between the secure and the plaintext run's final model after two rounds:
+#: each mode's aggregation error (CKKS adds decryption noise against key recovery),
+#: divided by the total weight (~1 here), then carried through round 2's training.
+TOLERANCE = {"ckks": 2e-3, "secagg+": 1e-3, "crypten": 1e-3}
 
 
 def _run(
@@ -74,9 +76,10 @@ def test_secure_run_ends_at_the_plaintext_model(
     assert all(r.secure["mode"] == mode for r in history.rounds)
     assert _max_difference(model, plaintext) < TOLERANCE[mode]
     assert history.final_accuracy is not None and history.final_accuracy > 0.5
-    # Nothing the server received carries a plaintext model.
-    train = [m for m in grid.sent if m.metadata.message_type == "train"]
-    assert train and all(BLOBS in m.content.array_records for m in train)
+    # No train reply the server received carries a plaintext model.
+    train = [m for m in grid.received if m.metadata.message_type == "train"]
+    assert len(train) == 2 * CLIENTS
+    assert all(set(m.content.array_records) == {BLOBS} for m in train)
 
 
 def test_server_momentum_runs_on_the_decrypted_aggregate(
@@ -116,7 +119,7 @@ def test_strategies_that_need_individual_updates_are_refused(strategy: str) -> N
 
 
 def test_server_side_clipping_is_refused_in_a_secure_mode() -> None:
-    with pytest.raises(ConfigError, match="privacy.central-dp"):
+    with pytest.raises(ConfigError, match=r"privacy\.central-dp"):
         RunConfig.from_dict({"privacy": {"central-dp": "server"}, "secure": {"mode": "secagg+"}})
 
 

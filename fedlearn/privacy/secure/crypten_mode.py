@@ -1,0 +1,760 @@
+"""The ``crypten`` secure-aggregation mode: additive shares summed by compute parties.
+
+Each client encodes its vector in fixed point (CrypTen's 16 fractional bits,
+rounded to nearest; values in the ring of int64 with wrapping arithmetic),
+splits it into ``M`` additive shares (``M - 1`` drawn uniformly from
+``os.urandom``, the last one making the sum come out right) and seals share
+``i`` to compute party ``i``'s X25519 public key, under a label that binds the
+run, the round, the client's node id and the party index. The server relays
+the envelopes; each party (a separate process, see
+:mod:`fedlearn.privacy.secure.crypten_party`) opens its envelopes, adds the
+shares, and the parties reveal only the sum through CrypTen
+(``MPCTensor.from_shares(...).reveal``).
+
+Trust model
+-----------
+* **Non-colluding parties.** Any ``M - 1`` shares of a client's vector are
+  independent and uniformly distributed over the int64 ring, whatever the
+  vector: a party, or any coalition of fewer than ``M`` parties, learns
+  nothing about an individual update. Only the sum over the agreed
+  contributors is revealed (to party 0, which hands it to the server).
+* **The server** is honest-but-curious: it holds the parties' public keys and
+  sealed envelopes, never a private key or a share in the clear. It chooses
+  the contributor set (one reveal per round: the parties forget the shares
+  after it), so it could ask for the sum of a single client: the parties
+  refuse sums of fewer than ``min_contributors`` (default 2). They also
+  check among themselves that they reveal the same set for the same round,
+  and envelopes cannot be replayed into another run, round, node or party
+  (the label binds all four).
+* **Collusion.** All ``M`` parties together reconstruct every client's
+  update from their shares; with ``M = 2`` that is just two operators
+  colluding (or the server plus both parties), so choose ``M`` and the
+  operators such that a coalition of all of them is implausible. The server
+  plus up to ``M - 1`` parties, following the protocol, learn those parties'
+  shares (uniformly random) and the sum, nothing more about one client, as
+  long as the sum has another honest contributor. A server that fakes
+  clients (Sybils) can still isolate one real client, as in every sum-only
+  secure aggregation. Clients take the parties' public
+  keys from the server's train message: an *active* server that substituted
+  its own keys would read every share, so a deployment that does not trust
+  the server to relay keys faithfully must pin them
+  (``CryptenClient(party_keys=...)``).
+* **CrypTen's model** is semi-honest: parties follow the protocol. Its default
+  trusted first party (which deals Beaver triples for multiplications) plays
+  no role here: a sum of shares needs no multiplication. A party that
+  deviates can withhold the sum (the round aborts) or corrupt it (not
+  detected: no MAC on shares), but its view stays uniformly random shares.
+* **Clients** are not trusted either: a client that sends an unopenable or
+  wrong-length share is left out of the round (every party drops it), but
+  a client that shares a wrong vector is not detected here (that is a job
+  for robust aggregation and contribution scoring).
+* **Range.** Each client's values must satisfy ``|v| <= 2**36``. Shares add
+  in the ring of integers mod 2**64 and the sum is decoded as a signed
+  int64, so it is right while ``|sum| < 2**47``: always for up to 2**10
+  clients. Per value the encoding error is at most 2**-17, so the
+  sum of ``n`` clients is within ``n * 2**-17`` of the plaintext sum.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any, ClassVar
+
+import numpy as np
+import psutil
+from flwr.app import ArrayRecord, Context, Error, Message, RecordDict
+from flwr.serverapp import Grid
+from numpy.typing import NDArray
+
+from fedlearn.privacy.secure.base import (
+    BLOBS,
+    RECORD,
+    AggregationAbortedError,
+    ClientProtocol,
+    SecureMode,
+    SecureSum,
+    ServerProtocol,
+    blob,
+    blob_bytes,
+    request,
+    stage_of,
+)
+from fedlearn.privacy.secure.crypten_compat import PRECISION_BITS
+from fedlearn.privacy.secure.crypten_party import FrameError, read_frame, share_label, write_frame
+from fedlearn.privacy.secure.envelope import seal
+from fedlearn.processes import free_port
+
+__all__ = ["MAX_ABS", "STAGE", "CryptenClient", "CryptenServer", "PartyPool"]
+
+#: Stage name of a train message in this mode (set by :meth:`CryptenServer.setup`).
+STAGE = "crypten.train"
+#: Largest absolute value a client may share (see the module's "Range").
+MAX_ABS = float(2**36)
+#: Bytes an envelope adds to its plaintext (ephemeral key 32, nonce 12, tag 16).
+_ENVELOPE_OVERHEAD = 60
+_KEY_BLOB = "party-key-{}"
+_SHARE_BLOB = "share-{}"
+_ERROR_CODE = 400
+
+
+def _positive(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def _count(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+class _PartyError(Exception):
+    """A party crashed, stopped answering, broke the channel protocol, or refused.
+
+    ``refused`` is true when every failing party answered with a refusal: the
+    parties are then still in step and the pool stays usable.
+    """
+
+    def __init__(self, reason: str, *, refused: bool = False) -> None:
+        super().__init__(reason)
+        self.refused = refused
+
+
+class _Channel:
+    """The server's end of one party's stdin/stdout, read by a thread into a queue."""
+
+    def __init__(self, index: int, proc: subprocess.Popen[bytes], log: Path) -> None:
+        self.index, self.proc, self.log = index, proc, log
+        self._frames: queue.Queue[tuple[dict[str, Any], list[bytes]] | str] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True, name=f"party-{index}")
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        while True:
+            try:
+                self._frames.put(read_frame(self.proc.stdout))
+            except EOFError:
+                self._frames.put("closed its channel")
+                return
+            except (FrameError, OSError, ValueError) as exc:
+                self._frames.put(f"sent a malformed frame ({exc})")
+                return
+
+    def describe(self, what: str) -> str:
+        code = self.proc.poll()
+        state = f"exited with code {code}" if code is not None else f"pid {self.proc.pid}"
+        try:
+            tail = self.log.read_text(errors="replace")[-1500:].strip()
+        except OSError:
+            tail = ""
+        return f"CrypTen party {self.index} ({state}) {what}" + (
+            f"; log tail:\n{tail}" if tail else ""
+        )
+
+    def receive(
+        self, deadline: float, expect: Sequence[str], seq: int | None
+    ) -> tuple[dict[str, Any], list[bytes]]:
+        try:
+            item = self._frames.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            raise _PartyError(self.describe("did not answer in time")) from None
+        if isinstance(item, str):
+            self._frames.put(item)  # stays closed for later reads
+            raise _PartyError(self.describe(item))
+        header, blobs = item
+        if header.get("seq") != seq:
+            raise _PartyError(self.describe(f"answered request {header.get('seq')}, not {seq}"))
+        if header["type"] == "error":
+            raise _PartyError(
+                self.describe(f"refused the request: {header.get('reason')}"), refused=True
+            )
+        if header["type"] not in expect:
+            raise _PartyError(self.describe(f"sent {header['type']!r}, expected {list(expect)}"))
+        return header, blobs
+
+
+class PartyPool:
+    """``M`` CrypTen compute-party processes started and owned by this object.
+
+    Each party generates its own X25519 key pair and announces the public half;
+    the parties form a gloo group over loopback. Pass a pool to several
+    :class:`CryptenServer` objects in turn to reuse it, or let the server start
+    its own.
+
+    Parameters
+    ----------
+    parties : int, default 2
+        Number of compute parties ``M >= 2``.
+    start_timeout : float, default 120.0
+        Seconds to wait for all parties to import CrypTen and join the group.
+    log_dir : str or Path, optional
+        Where each party's log ``party-I.log`` goes (default: a temporary
+        directory removed by :meth:`close`; errors quote the log's tail).
+    min_contributors : int, default 2
+        The parties refuse to reveal a sum of fewer clients (1 lets the server
+        ask for one client's update: opt in only for tests).
+
+    Raises
+    ------
+    RuntimeError
+        A party exited or did not become ready in time (its log tail included).
+
+    Examples
+    --------
+    >>> with PartyPool(parties=2) as pool:  # doctest: +SKIP
+    ...     server = CryptenServer(parties=pool)
+    """
+
+    def __init__(
+        self,
+        *,
+        parties: int = 2,
+        start_timeout: float = 120.0,
+        log_dir: str | Path | None = None,
+        min_contributors: int = 2,
+    ) -> None:
+        self.parties = _count("parties", parties, 2)
+        self.min_contributors = _count("min_contributors", min_contributors, 1)
+        start_timeout = _positive("start_timeout", start_timeout)
+        #: A temporary log directory of our own is removed by :meth:`close`.
+        self._own_log_dir = log_dir is None
+        self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="fedlearn-crypten-"))
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        #: Random per-pool token bound into every envelope label.
+        self.run = secrets.token_hex(16)
+        self._channels: list[_Channel] = []
+        self._write_lock = threading.Lock()
+        self._seq = 0
+        #: Why the pool cannot be used any more (``None`` while it can).
+        self.broken: str | None = None
+        started = time.monotonic()
+        try:
+            self._start(time.monotonic() + start_timeout)
+        except BaseException:
+            self.close()
+            raise
+        #: Seconds from launch until every party was ready.
+        self.startup_seconds = time.monotonic() - started
+
+    def _start(self, deadline: float) -> None:
+        port = free_port()
+        env = {
+            **os.environ,
+            "WORLD_SIZE": str(self.parties),
+            "RENDEZVOUS": f"tcp://127.0.0.1:{port}",
+            "DISTRIBUTED_BACKEND": "gloo",
+            "MASTER_ADDR": "127.0.0.1",
+            "OMP_NUM_THREADS": "1",
+        }
+        if Path("/sys/class/net/lo").exists():
+            env["GLOO_SOCKET_IFNAME"] = "lo"  # gloo binds to loopback only
+        # fedlearn's package __init__ files import lazily, so a party loads only
+        # crypten_party, crypten_compat and envelope (plus torch, CrypTen,
+        # cryptography): a small trusted code base and a quick start.
+        command = [sys.executable, "-m", "fedlearn.privacy.secure.crypten_party"]
+        for index in range(self.parties):
+            log = self.log_dir / f"party-{index}.log"
+            with log.open("wb") as stderr:
+                proc = subprocess.Popen(
+                    [*command, "--run", self.run, "--min-contributors", str(self.min_contributors)],
+                    env={**env, "RANK": str(index)},
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=stderr,
+                    start_new_session=True,
+                )
+            self._channels.append(_Channel(index, proc, log))
+        keys = []
+        try:
+            for channel in self._channels:
+                header, blobs = channel.receive(deadline, ["hello"], None)
+                if header.get("party") != channel.index or len(blobs) != 1 or len(blobs[0]) != 32:
+                    raise _PartyError(channel.describe(f"sent a bad hello {header}"))
+                keys.append(blobs[0])
+            for channel in self._channels:
+                channel.receive(deadline, ["ready"], None)
+        except _PartyError as exc:
+            raise RuntimeError(f"CrypTen parties failed to start: {exc}") from None
+        if len(set(keys)) != len(keys):
+            raise RuntimeError("two CrypTen parties announced the same public key")
+        #: The parties' X25519 public keys, by party index.
+        self.public_keys: tuple[bytes, ...] = tuple(keys)
+
+    def __enter__(self) -> PartyPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def pids(self) -> tuple[int, ...]:
+        """Process ids of the parties (all of them, alive or not)."""
+        return tuple(c.proc.pid for c in self._channels)
+
+    def healthy(self) -> bool:
+        """Whether every party runs and no exchange with them has failed."""
+        return self.broken is None and all(c.proc.poll() is None for c in self._channels)
+
+    def exchange(
+        self,
+        requests: Sequence[tuple[dict[str, Any], Sequence[bytes]]],
+        *,
+        expect: Sequence[str],
+        deadline: float,
+    ) -> list[tuple[dict[str, Any], list[bytes]]]:
+        """Send request ``i`` to party ``i`` (concurrently), return each party's answer.
+
+        Raises ``_PartyError`` if a party died, timed out or refused (after
+        reading every party's answer, so none is left to be mistaken for the
+        answer to a later request); anything but a refusal by all failing
+        parties marks the pool broken.
+        """
+        if not self.healthy():
+            raise _PartyError(self.broken or self._dead_reason())
+        self._seq += 1
+        seq = self._seq
+        requests = [({**header, "seq": seq}, blobs) for header, blobs in requests]
+        errors: list[str] = []
+
+        def send(channel: _Channel, header: dict[str, Any], blobs: Sequence[bytes]) -> None:
+            try:
+                assert channel.proc.stdin is not None
+                write_frame(channel.proc.stdin, header, blobs)
+            except (OSError, ValueError) as exc:
+                errors.append(channel.describe(f"could not be written to ({exc})"))
+
+        writers = [
+            threading.Thread(target=send, args=(channel, *req), daemon=True)
+            for channel, req in zip(self._channels, requests, strict=True)
+        ]
+        with self._write_lock:
+            for writer in writers:
+                writer.start()
+            for writer, channel in zip(writers, self._channels, strict=True):
+                writer.join(max(0.0, deadline - time.monotonic()))
+                if writer.is_alive():
+                    errors.append(channel.describe("did not read the request in time"))
+        if errors:
+            self.broken = "; ".join(errors)
+            raise _PartyError(self.broken)
+        answers: list[tuple[dict[str, Any], list[bytes]]] = []
+        failures: list[_PartyError] = []
+        for channel in self._channels:
+            try:
+                answers.append(channel.receive(deadline, expect, seq))
+            except _PartyError as exc:
+                failures.append(exc)
+        if failures:
+            reason = "; ".join(str(f) for f in failures)
+            refused = all(f.refused for f in failures)
+            if not refused:
+                self.broken = reason
+            raise _PartyError(reason, refused=refused)
+        return answers
+
+    def _dead_reason(self) -> str:
+        dead = [c for c in self._channels if c.proc.poll() is not None]
+        return "; ".join(c.describe("is not running") for c in dead) or "pool closed"
+
+    def close(self, grace: float = 5.0) -> None:
+        """Ask the parties to stop, then terminate/kill survivors by PID (bounded waits)."""
+        polite = self.broken is None  # parties in step can leave the group cleanly
+        if self.broken is None:
+            self.broken = "pool closed"
+        procs = [c.proc for c in self._channels]
+        for channel in self._channels:
+            if channel.proc.poll() is None and channel.proc.stdin is not None:
+                stopper = threading.Thread(
+                    target=_stop_party, args=(channel.proc.stdin,), daemon=True
+                )
+                stopper.start()
+                stopper.join(0.5)
+        if polite:
+            deadline = time.monotonic() + grace
+            for proc in procs:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        for signal_name in ("terminate", "kill"):
+            alive = [p for p in procs if p.poll() is None]
+            for proc in alive:
+                with contextlib.suppress(psutil.Error):
+                    process = psutil.Process(proc.pid)
+                    getattr(process, signal_name)()
+                    process.resume()  # a stopped process handles SIGTERM only once resumed
+            for proc in alive:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=grace)
+        for channel in self._channels:
+            if channel.proc.stdout is not None:
+                channel.proc.stdout.close()
+        if self._own_log_dir:
+            shutil.rmtree(self.log_dir, ignore_errors=True)
+
+
+def _stop_party(stdin: IO[bytes]) -> None:
+    """Send ``stop`` and close the party's stdin (either makes it leave)."""
+    with contextlib.suppress(OSError, ValueError):
+        write_frame(stdin, {"type": "stop"})
+    with contextlib.suppress(OSError, ValueError):
+        stdin.close()
+
+
+class CryptenServer(ServerProtocol):
+    """Aggregator side of the ``crypten`` mode; relays sealed shares to the parties.
+
+    Parameters
+    ----------
+    parties : int or PartyPool, default 2
+        Number of compute parties to start (``>= 2``), or a running
+        :class:`PartyPool` to use (not closed by :meth:`close`).
+    start_timeout : float, default 120.0
+        Seconds to wait for started parties to become ready.
+    log_dir : str or Path, optional
+        Directory for the logs of parties this object starts.
+    min_contributors : int, optional
+        Smallest sum the parties it starts will reveal (default 2); for a
+        given pool it must match the pool's.
+
+    Notes
+    -----
+    If an exchange with the parties fails (a party died or hung), the round
+    aborts and, for a pool this server started, the next :meth:`setup` starts
+    fresh parties (with new keys).
+
+    Examples
+    --------
+    >>> server = CryptenServer(parties=3)  # doctest: +SKIP
+    >>> records = server.setup(grid, server_round=1, node_ids=[1, 2], timeout=30)  # doctest: +SKIP
+    >>> server.close()  # doctest: +SKIP
+    """
+
+    mode: ClassVar[SecureMode] = "crypten"
+
+    def __init__(
+        self,
+        *,
+        parties: int | PartyPool = 2,
+        start_timeout: float = 120.0,
+        log_dir: str | Path | None = None,
+        min_contributors: int | None = None,
+    ) -> None:
+        self._start_timeout = _positive("start_timeout", start_timeout)
+        self._log_dir = log_dir
+        if min_contributors is not None:
+            _count("min_contributors", min_contributors, 1)
+        if isinstance(parties, PartyPool):
+            if not parties.healthy():
+                raise ValueError(f"the given PartyPool is not usable: {parties.broken}")
+            if min_contributors not in (None, parties.min_contributors):
+                raise ValueError(
+                    f"min_contributors={min_contributors} but the given pool's parties reveal "
+                    f"sums of at least {parties.min_contributors}"
+                )
+            self._pool, self._owned = parties, False
+        else:
+            count = _count("parties", parties, 2)
+            self._pool = PartyPool(
+                parties=count,
+                start_timeout=start_timeout,
+                log_dir=log_dir,
+                min_contributors=2 if min_contributors is None else min_contributors,
+            )
+            self._owned = True
+        self._closed = False
+
+    @property
+    def pool(self) -> PartyPool:
+        """The compute parties currently in use."""
+        return self._pool
+
+    @property
+    def parties(self) -> int:
+        """Number of compute parties ``M``."""
+        return self._pool.parties
+
+    def _ensure_pool(self) -> None:
+        if self._closed:
+            raise AggregationAbortedError("the CrypTen server was closed")
+        if self._pool.healthy():
+            return
+        reason = self._pool.broken or self._pool._dead_reason()
+        if not self._owned:
+            raise AggregationAbortedError(f"the CrypTen parties are unusable: {reason}")
+        self._pool.close()
+        try:
+            self._pool = PartyPool(
+                parties=self._pool.parties,
+                start_timeout=self._start_timeout,
+                log_dir=self._log_dir,
+                min_contributors=self._pool.min_contributors,
+            )
+        except RuntimeError as exc:
+            raise AggregationAbortedError(f"could not restart the CrypTen parties: {exc}") from exc
+
+    def setup(
+        self, grid: Grid, *, server_round: int, node_ids: Sequence[int], timeout: float
+    ) -> dict[int, RecordDict]:
+        """Give every node the parties' public keys and the round's label fields."""
+        _count("server_round", server_round, 0)
+        _positive("timeout", timeout)
+        nodes = [_count("node id", n, 0) for n in node_ids]
+        self._ensure_pool()
+        keys = {_KEY_BLOB.format(i): key for i, key in enumerate(self._pool.public_keys)}
+        return {
+            node: request(
+                STAGE, run=self._pool.run, round=server_round, parties=self.parties, **keys
+            )
+            for node in nodes
+        }
+
+    def check_reply(self, msg: Message, *, length: int) -> str | None:
+        """Why a train reply is unusable: errors, missing/extra/mis-sized envelopes."""
+        _count("length", length, 1)
+        if msg.has_error():
+            return f"the reply is an error ({msg.error.code}: {msg.error.reason})"
+        if BLOBS not in msg.content.array_records:
+            return f"the reply has no {BLOBS!r} ArrayRecord"
+        record = msg.content.array_records[BLOBS]
+        expected = {_SHARE_BLOB.format(i) for i in range(self.parties)}
+        unknown = sorted(set(record) - expected)
+        if unknown:
+            return f"shares for unknown parties {unknown} (this run has {self.parties} parties)"
+        missing = sorted(expected - set(record))
+        if missing:
+            return f"missing shares {missing}"
+        size = 8 * length + _ENVELOPE_OVERHEAD
+        for name in sorted(expected):
+            try:
+                data = blob_bytes(record[name])
+            except ValueError as exc:
+                return f"{name}: {exc}"
+            if len(data) != size:
+                return f"{name} has {len(data)} bytes, expected {size} for {length} values"
+        return None
+
+    def aggregate(
+        self,
+        grid: Grid,
+        *,
+        server_round: int,
+        replies: Sequence[Message],
+        length: int,
+        timeout: float,
+    ) -> SecureSum:
+        """Have the parties open the replies' shares, agree on contributors, reveal the sum."""
+        _count("server_round", server_round, 0)
+        _count("length", length, 1)
+        deadline = time.monotonic() + _positive("timeout", timeout)
+        if self._closed:
+            raise AggregationAbortedError("the CrypTen server was closed")
+        if not self._pool.healthy():
+            reason = self._pool.broken or self._pool._dead_reason()
+            raise AggregationAbortedError(f"the CrypTen parties are unusable: {reason}")
+        dropped: dict[int, str] = {}
+        envelopes: dict[int, list[bytes]] = {}
+        seen: set[int] = set()
+        for msg in replies:
+            node = int(msg.metadata.src_node_id)
+            if node in seen:
+                dropped[node] = "sent more than one reply this round"
+                envelopes.pop(node, None)
+                continue
+            seen.add(node)
+            problem = self.check_reply(msg, length=length)
+            if problem is not None:
+                dropped[node] = problem
+                continue
+            record = msg.content.array_records[BLOBS]
+            envelopes[node] = [
+                blob_bytes(record[_SHARE_BLOB.format(i)]) for i in range(self.parties)
+            ]
+        nodes = sorted(envelopes)
+        if not nodes:
+            raise AggregationAbortedError(f"no usable reply to aggregate (dropped: {dropped})")
+        base = {"round": server_round, "length": length, "nodes": nodes}
+        try:
+            opened = self._pool.exchange(
+                [
+                    ({"type": "open", **base}, [envelopes[n][i] for n in nodes])
+                    for i in range(self.parties)
+                ],
+                expect=["opened"],
+                deadline=deadline,
+            )
+            for index, (header, _) in enumerate(opened):
+                failed = header.get("failed")
+                if not isinstance(failed, dict):
+                    raise _PartyError(f"CrypTen party {index} sent a bad 'opened' answer")
+                for node_text, why in failed.items():
+                    node = int(node_text)
+                    if node not in envelopes:
+                        raise _PartyError(f"CrypTen party {index} reported unknown node {node}")
+                    dropped.setdefault(node, f"party {index} cannot use its share: {why}")
+            contributors = [n for n in nodes if n not in dropped]
+            if len(contributors) < self._pool.min_contributors:
+                raise AggregationAbortedError(
+                    f"{len(contributors)} contributors left after the parties opened the shares, "
+                    f"the parties reveal sums of at least {self._pool.min_contributors} "
+                    f"(dropped: {dropped})"
+                )
+            revealed = self._pool.exchange(
+                [({"type": "reveal", **base, "nodes": contributors}, [])] * self.parties,
+                expect=["sum", "revealed"],
+                deadline=deadline,
+            )
+        except _PartyError as exc:
+            raise AggregationAbortedError(f"round {server_round} aborted: {exc}") from exc
+        header, blobs = revealed[0]
+        if (
+            header["type"] != "sum"
+            or header.get("nodes") != contributors
+            or len(blobs) != 1
+            or len(blobs[0]) != 8 * length
+        ):
+            self._pool.broken = "party 0 returned a malformed sum"
+            raise AggregationAbortedError(f"round {server_round} aborted: {self._pool.broken}")
+        vector = np.frombuffer(blobs[0], dtype="<f8").astype(np.float64)
+        return SecureSum(vector=vector, contributors=tuple(contributors), dropped=dropped)
+
+    def close(self) -> None:
+        """Stop the parties this server started (by PID, bounded waits)."""
+        self._closed = True
+        if self._owned:
+            self._pool.close()
+
+
+class CryptenClient(ClientProtocol):
+    """Data-holder side of the ``crypten`` mode: share, seal, reply.
+
+    Parameters
+    ----------
+    party_keys : sequence of bytes, optional
+        The compute parties' X25519 public keys, pinned out of band: the client
+        then refuses a train message announcing other keys. Without it the
+        client trusts the server to relay the parties' keys faithfully.
+
+    Examples
+    --------
+    >>> client = CryptenClient()
+    >>> # in the client mod: reply.content[BLOBS] = client.protect(vector, msg, context)
+    """
+
+    mode: ClassVar[SecureMode] = "crypten"
+
+    def __init__(self, *, party_keys: Sequence[bytes] | None = None) -> None:
+        if party_keys is not None:
+            keys = list(party_keys)
+            if len(keys) < 2 or not all(isinstance(k, bytes) and len(k) == 32 for k in keys):
+                raise ValueError("party_keys must be >= 2 X25519 public keys of 32 bytes each")
+            self._pinned: tuple[bytes, ...] | None = tuple(keys)
+        else:
+            self._pinned = None
+
+    def handle_query(self, msg: Message, context: Context) -> Message:
+        """Answer every stage request with an error: this mode has no client-side stage."""
+        try:
+            stage: str = stage_of(msg)
+        except ValueError as exc:
+            stage = f"<none: {exc}>"
+        return Message(
+            Error(
+                code=_ERROR_CODE,
+                reason=f"the crypten mode has no client-side stage; got stage {stage!r}",
+            ),
+            reply_to=msg,
+        )
+
+    def protect(self, vector: NDArray[np.float64], msg: Message, context: Context) -> ArrayRecord:
+        """Split ``vector`` into one sealed additive share per compute party.
+
+        Raises
+        ------
+        ValueError
+            The train message lacks this mode's records, or ``vector`` is not a
+            finite 1-d float64 array with ``|v| <= MAX_ABS``.
+        """
+        values = _checked_vector(vector)
+        run, server_round, keys = _train_fields(msg)
+        if self._pinned is not None and tuple(keys) != self._pinned:
+            raise ValueError("the train message announces party keys other than the pinned ones")
+        parties = len(keys)
+        scaled = np.rint(values * float(1 << PRECISION_BITS)).astype(np.int64)
+        # uint64 arithmetic wraps mod 2**64: the additive-sharing ring of CrypTen's int64.
+        last = scaled.view(np.uint64).copy()
+        shares = []
+        for _ in range(parties - 1):
+            share = np.frombuffer(os.urandom(8 * values.size), dtype=np.uint64)
+            last -= share
+            shares.append(share)
+        shares.append(last)
+        record = ArrayRecord()
+        for index, (key, share) in enumerate(zip(keys, shares, strict=True)):
+            label = share_label(
+                run=run,
+                server_round=server_round,
+                node_id=int(context.node_id),
+                party=index,
+                parties=parties,
+            )
+            record[_SHARE_BLOB.format(index)] = blob(
+                seal(key, share.astype("<u8").tobytes(), label=label)
+            )
+        return record
+
+
+def _checked_vector(vector: Any) -> NDArray[np.float64]:
+    if not isinstance(vector, np.ndarray) or vector.dtype != np.float64 or vector.ndim != 1:
+        raise ValueError(
+            f"vector must be a 1-d float64 ndarray, got {type(vector).__name__} "
+            f"{getattr(vector, 'dtype', '')} {getattr(vector, 'shape', '')}"
+        )
+    if vector.size == 0:
+        raise ValueError("vector must not be empty")
+    if not np.all(np.isfinite(vector)):
+        raise ValueError("vector has NaN or infinite values")
+    largest = float(np.max(np.abs(vector)))
+    if largest > MAX_ABS:
+        raise ValueError(f"vector has a value of magnitude {largest:.3g} > MAX_ABS = 2**36")
+    return vector
+
+
+def _train_fields(msg: Message) -> tuple[str, int, list[bytes]]:
+    stage = stage_of(msg)
+    if stage != STAGE:
+        raise ValueError(f"expected a {STAGE!r} train message, got stage {stage!r}")
+    config = msg.content.config_records[RECORD]
+    run, server_round, parties = config.get("run"), config.get("round"), config.get("parties")
+    if not isinstance(run, str) or not run:
+        raise ValueError(f"the {RECORD!r} record has no 'run' token")
+    if isinstance(server_round, bool) or not isinstance(server_round, int) or server_round < 0:
+        raise ValueError(f"the {RECORD!r} record has no valid 'round': {server_round!r}")
+    if isinstance(parties, bool) or not isinstance(parties, int) or parties < 2:
+        raise ValueError(f"the {RECORD!r} record needs 'parties' >= 2, got {parties!r}")
+    if BLOBS not in msg.content.array_records:
+        raise ValueError(f"the train message has no {BLOBS!r} record with the party keys")
+    record = msg.content.array_records[BLOBS]
+    keys = []
+    for index in range(parties):
+        name = _KEY_BLOB.format(index)
+        if name not in record:
+            raise ValueError(f"the train message lacks {name!r} ({parties} parties announced)")
+        key = blob_bytes(record[name])
+        if len(key) != 32:
+            raise ValueError(f"{name} has {len(key)} bytes, an X25519 key has 32")
+        keys.append(key)
+    if len(set(keys)) != parties:
+        raise ValueError("two compute parties have the same public key")
+    return run, server_round, keys

@@ -1,0 +1,521 @@
+"""CKKS secure aggregation: real TenSEAL/SEAL crypto, real Flower messages, loopback grid."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import tenseal as ts
+from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
+
+from fedlearn.privacy.secure.base import (
+    BLOBS,
+    QUERY_TYPE,
+    AggregationAbortedError,
+    blob,
+    blob_bytes,
+    request,
+    stage_of,
+)
+from fedlearn.privacy.secure.ckks import (
+    HE_STANDARD_MAX_MODULUS_BITS,
+    STAGE_DECRYPT,
+    STAGE_KEY,
+    STAGE_REGISTER,
+    CkksClient,
+    CkksParameters,
+    CkksServer,
+    _ContextProto,
+    _VectorProto,
+)
+from fedlearn.privacy.secure.envelope import EnvelopeError, generate_keypair, open_envelope
+from tests.flower_messages import serverapp_identity
+from tests.loopback_grid import DropRule, LoopbackGrid
+
+TIMEOUT = 5.0
+
+
+@pytest.fixture(autouse=True)
+def _identity() -> Iterator[None]:
+    with serverapp_identity():
+        yield
+
+
+class Federation:
+    """Clients behind a LoopbackGrid, a server, and the vectors each client will protect."""
+
+    def __init__(
+        self,
+        nodes: list[int],
+        *,
+        length: int,
+        seed: int = 0,
+        client: Callable[[int], CkksClient] | None = None,
+        server: CkksServer | None = None,
+        drop: DropRule | None = None,
+    ) -> None:
+        rng = np.random.default_rng(seed)
+        self.length = length
+        # Weighted-update-like values: |v| <= 1, weight slot last in (0, 1].
+        self.vectors = {n: rng.uniform(-1.0, 1.0, length) for n in nodes}
+        for n in nodes:
+            self.vectors[n][-1] = rng.uniform(0.05, 1.0)
+        self.clients = {n: (client(n) if client else CkksClient()) for n in nodes}
+        self.server = server if server is not None else CkksServer()
+        self.grid = LoopbackGrid({n: self._handler(n) for n in nodes}, drop=drop)
+        self.encrypt_seconds: list[float] = []
+
+    def _handler(self, node: int) -> Callable[[Message, Context], Message]:
+        def handle(msg: Message, ctx: Context) -> Message:
+            client = self.clients[node]
+            if msg.metadata.message_type == QUERY_TYPE:
+                return client.handle_query(msg, ctx)
+            try:
+                start = time.perf_counter()
+                blobs = client.protect(self.vectors[node], msg, ctx)
+                self.encrypt_seconds.append(time.perf_counter() - start)
+            except ValueError as exc:
+                return Message(Error(code=0, reason=str(exc)), reply_to=msg)
+            content = RecordDict({BLOBS: blobs, "metrics": MetricRecord({"num-examples": 1})})
+            return Message(content, reply_to=msg)
+
+        return handle
+
+    def setup(self, nodes: list[int], server_round: int = 1) -> dict[int, RecordDict]:
+        return self.server.setup(
+            self.grid, server_round=server_round, node_ids=nodes, timeout=TIMEOUT
+        )
+
+    def train(self, records: dict[int, RecordDict], server_round: int = 1) -> list[Message]:
+        msgs = [
+            Message(content, dst_node_id=n, message_type="train", group_id=str(server_round))
+            for n, content in records.items()
+        ]
+        return list(self.grid.send_and_receive(msgs, timeout=TIMEOUT))
+
+    def aggregate(self, replies: list[Message], server_round: int = 1) -> Any:
+        return self.server.aggregate(
+            self.grid,
+            server_round=server_round,
+            replies=replies,
+            length=self.length,
+            timeout=TIMEOUT,
+        )
+
+    def state(self, node: int) -> Any:
+        return self.grid.contexts[node].state.config_records["fedlearn.secure.ckks"]
+
+    def expected(self, nodes: list[int] | tuple[int, ...]) -> np.ndarray:
+        return np.sum([self.vectors[n] for n in nodes], axis=0)
+
+
+def _walk(obj: Any, seen: set[int] | None = None) -> Iterator[Any]:
+    """Every object reachable from ``obj`` through attributes and containers."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return
+    seen.add(id(obj))
+    yield obj
+    if isinstance(obj, dict):
+        children: list[Any] = [*obj.keys(), *obj.values()]
+    elif isinstance(obj, list | tuple | set | frozenset):
+        children = list(obj)
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        children = [getattr(obj, f.name) for f in dataclasses.fields(obj)]
+    elif hasattr(obj, "__dict__") and not isinstance(obj, type):
+        children = list(vars(obj).values())
+    else:
+        children = []
+    for child in children:
+        yield from _walk(child, seen)
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+def test_parameters_refuse_insecure_modulus_naming_the_limit() -> None:
+    with pytest.raises(ValueError, match=r"total 280 bits.*at most 218 bits.*128-bit"):
+        CkksParameters(poly_modulus_degree=8192, coeff_mod_bit_sizes=(60, 60, 60, 60, 40))
+    for n, limit in HE_STANDARD_MAX_MODULUS_BITS.items():
+        if n >= 2048:  # one bit over the limit, in primes of at most 60 bits each
+            over = limit + 1
+            full, rest = divmod(over, 60)
+            sizes = (60,) * full + ((rest,) if rest else ())
+            if len(sizes) == 1:
+                sizes = (over - over // 2, over // 2)
+            with pytest.raises(ValueError, match=f"at most {limit} bits"):
+                CkksParameters(poly_modulus_degree=n, coeff_mod_bit_sizes=sizes)
+    with pytest.raises(ValueError, match="poly_modulus_degree must be one of"):
+        CkksParameters(poly_modulus_degree=3000)
+    with pytest.raises(ValueError, match="at least two primes"):
+        CkksParameters(coeff_mod_bit_sizes=(36,))
+    with pytest.raises(ValueError, match="every prime needs"):
+        CkksParameters(coeff_mod_bit_sizes=(36, 61))
+
+
+def test_parameters_refuse_bad_scale_and_flooding() -> None:
+    with pytest.raises(ValueError, match="scale_bits must be an int >= 20"):
+        CkksParameters(scale_bits=19)
+    with pytest.raises(ValueError, match=r"scale_bits=35 leaves no room for sums.*at most 34"):
+        CkksParameters(scale_bits=35)
+    with pytest.raises(ValueError, match="scale_bits must be an int"):
+        CkksParameters(scale_bits=28.0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"max_abs_value=200\.0 exceeds max_abs_sum"):
+        CkksParameters(max_abs_value=200.0)
+    with pytest.raises(ValueError, match=r"decryption_noise_factor.*Micciancio"):
+        CkksParameters(decryption_noise_factor=0.0)
+    with pytest.raises(ValueError, match="min_contributors must be >= 1"):
+        CkksServer(min_contributors=0)
+    with pytest.raises(TypeError, match="CkksParameters"):
+        CkksClient(parameters={"scale_bits": 28})  # type: ignore[arg-type]
+
+
+def test_default_parameters_headroom() -> None:
+    params = CkksParameters()
+    assert params.slots == 2048 and params.data_bits == 36
+    assert sum(params.coeff_mod_bit_sizes) <= HE_STANDARD_MAX_MODULUS_BITS[4096]
+    # 100 clients with |v| <= 1 fit; the bound is what the docstring states.
+    assert params.max_clients >= 100
+    assert params.error_bound(10) < 6e-5 and params.error_bound(100) < 2e-4
+
+
+# --------------------------------------------------------------------------- one big round
+
+
+@pytest.fixture(scope="module")
+def big_round() -> Iterator[dict[str, Any]]:
+    """10 clients, 100,000 parameters each, one full round (run once for several tests)."""
+    with serverapp_identity():
+        nodes = list(range(1, 11))
+        fed = Federation(nodes, length=100_000, seed=1)
+        start = time.perf_counter()
+        records = fed.setup(nodes)
+        setup_s = time.perf_counter() - start
+        replies = fed.train(records)
+        start = time.perf_counter()
+        reasons = [fed.server.check_reply(r, length=fed.length) for r in replies]
+        check_s = time.perf_counter() - start
+        start = time.perf_counter()
+        total = fed.aggregate(replies)
+        aggregate_s = time.perf_counter() - start
+        yield {
+            "fed": fed,
+            "nodes": nodes,
+            "records": records,
+            "replies": replies,
+            "reasons": reasons,
+            "total": total,
+            "times": {"setup": setup_s, "check": check_s, "aggregate": aggregate_s},
+        }
+
+
+def test_wire_size_at_most_12_bytes_per_parameter(big_round: dict[str, Any]) -> None:
+    fed, replies = big_round["fed"], big_round["replies"]
+    params = fed.server.parameters
+    for reply in replies:
+        blobs = reply.content.array_records[BLOBS]
+        ct_bytes = sum(len(blob_bytes(blobs[k])) for k in blobs if k.startswith("ct-"))
+        assert len([k for k in blobs if k.startswith("ct-")]) == params.ciphertext_count(100_000)
+        per_param = ct_bytes / fed.length
+        assert per_param <= 12.0, per_param
+    print(f"\nCKKS bytes/param (100k): {per_param:.2f}")
+
+
+def test_sum_of_10_clients_within_stated_bound(big_round: dict[str, Any]) -> None:
+    fed, total, nodes = big_round["fed"], big_round["total"], big_round["nodes"]
+    assert big_round["reasons"] == [None] * len(nodes)
+    assert total.contributors == tuple(nodes)
+    assert total.dropped == {}
+    assert total.vector.shape == (fed.length,) and total.vector.dtype == np.float64
+    error = np.abs(total.vector - fed.expected(nodes))
+    bound = fed.server.parameters.error_bound(len(nodes))
+    assert error.max() <= bound, (error.max(), bound)
+    # The stated noise model is right, not just loose: the empirical spread matches it.
+    ratio = float(np.std(total.vector - fed.expected(nodes)) / fed.server.parameters.noise_std(10))
+    assert 0.8 < ratio < 1.2, ratio
+    times = big_round["times"]
+    enc = float(np.mean(fed.encrypt_seconds))
+    print(
+        f"\nCKKS 100k x 10: max error {error.max():.2e} (bound {bound:.2e}); encrypt/client "
+        f"{enc:.3f}s, check 10 {times['check']:.3f}s, sum+decrypt {times['aggregate']:.3f}s, "
+        f"key ceremony {times['setup']:.3f}s"
+    )
+
+
+def test_server_holds_no_secret_key_and_cannot_decrypt(big_round: dict[str, Any]) -> None:
+    fed = big_round["fed"]
+    server = fed.server
+    public = server.public_context
+    assert isinstance(public, ts.Context)
+    assert not public.is_private() and not public.has_secret_key()
+    # Decrypting a client's ciphertext with the server's context fails.
+    blobs = big_round["replies"][0].content.array_records[BLOBS]
+    vec = _VectorProto()
+    vec.sizes.append(fed.server.parameters.slots)
+    vec.ciphertexts.append(blob_bytes(blobs["ct-0"]))
+    vec.scale = fed.server.parameters.scale
+    encrypted = ts.ckks_vector_from(public, vec.SerializeToString())
+    with pytest.raises(ValueError, match="doesn't hold a secret_key"):
+        encrypted.decrypt()
+    # Nothing reachable from the server object is (or contains) the secret key.
+    secret_context = fed.state(1)["secret-context"]
+    proto = _ContextProto()
+    proto.ParseFromString(secret_context)
+    secret_key = proto.private_context.secret_key
+    assert len(secret_key) > 1000
+    for obj in _walk(server):
+        if isinstance(obj, bytes | bytearray):
+            assert secret_key not in obj and secret_context not in obj
+        if isinstance(obj, ts.Context):
+            assert not obj.is_private()
+        if isinstance(obj, np.ndarray) and obj.dtype == np.uint8:
+            assert secret_key[:256] not in obj.tobytes()
+    assert server._ring._decryptor is None and server._ring._encryptor is None
+
+
+# --------------------------------------------------------------------------- key ceremony
+
+
+def test_ceremony_with_5_nodes_gives_everyone_the_same_key() -> None:
+    nodes = [11, 7, 23, 5, 42]
+    fed = Federation(nodes, length=10)
+    records = fed.setup(nodes)
+    assert sorted(records) == sorted(nodes)
+    fingerprint = fed.server.fingerprint
+    assert fingerprint is not None
+    assert sorted(fed.server.key_holders) == sorted(nodes)
+    secrets_held = {fed.state(n)["secret-context"] for n in nodes}
+    assert len(secrets_held) == 1
+    assert {fed.state(n)["fingerprint"] for n in nodes} == {fingerprint}
+    for n, content in records.items():
+        assert content.config_records["secure"]["fingerprint"] == fingerprint
+        assert "x25519-private" not in fed.state(n)  # registration keys are discarded
+    deals = [m for m in fed.grid.sent if m.metadata.message_type == QUERY_TYPE]
+    dealer = [m.metadata.dst_node_id for m in deals if stage_of(m) == "ckks-deal"]
+    assert dealer == [5]  # the lowest registered node
+
+    # Envelopes the server relayed: only their recipient could open them.
+    key_msgs = {m.metadata.dst_node_id: m for m in deals if stage_of(m) == STAGE_KEY}
+    assert sorted(key_msgs) == [7, 11, 23, 42]
+    envelope = blob_bytes(key_msgs[7].content.array_records[BLOBS]["envelope"])
+    ceremony = fed.server._key.ceremony_id  # type: ignore[union-attr]
+    stranger, _ = generate_keypair()
+    label = f"fedlearn/ckks/secret-context/v1/run=1/ceremony={ceremony}/node=7".encode()
+    with pytest.raises(EnvelopeError):
+        open_envelope(stranger, envelope, label=label)
+    # Node 11 re-registers (fresh X25519 key): node 7's envelope relayed to it is refused.
+    fed.grid.send_and_receive(
+        [Message(request(STAGE_REGISTER, **{"ceremony-id": ceremony}), 11, QUERY_TYPE)]
+    )
+    private_11 = fed.state(11)["x25519-private"]
+    with pytest.raises(EnvelopeError):
+        open_envelope(private_11, envelope, label=label)
+    relayed = request(
+        STAGE_KEY, **{"ceremony-id": ceremony, "fingerprint": fingerprint}, envelope=envelope
+    )
+    (reply,) = fed.grid.send_and_receive([Message(relayed, 11, QUERY_TYPE)])
+    assert reply.has_error() and "cannot open the envelope" in reply.error.reason
+
+
+def test_late_joiner_gets_the_key_from_a_holder() -> None:
+    fed = Federation([1, 2, 3, 4], length=3000, seed=3)
+    fed.setup([1, 2, 3])
+    fingerprint = fed.server.fingerprint
+    records = fed.setup([2, 3, 4], server_round=2)
+    assert sorted(records) == [2, 3, 4]
+    assert fed.server.fingerprint == fingerprint
+    assert fed.state(4)["secret-context"] == fed.state(1)["secret-context"]
+    stages = [stage_of(m) for m in fed.grid.sent if m.metadata.message_type == QUERY_TYPE]
+    assert stages.count("ckks-deal") == 1 and stages.count("ckks-reshare") == 1
+    total = fed.aggregate(fed.train(records, server_round=2), server_round=2)
+    assert total.contributors == (2, 3, 4)
+    bound = fed.server.parameters.error_bound(3)
+    assert np.abs(total.vector - fed.expected([2, 3, 4])).max() <= bound
+
+
+def test_node_failing_a_ceremony_stage_is_left_out() -> None:
+    def drop(node: int, msg: Message) -> bool:
+        return node == 3 and msg.metadata.message_type == QUERY_TYPE and stage_of(msg) == STAGE_KEY
+
+    fed = Federation([1, 2, 3, 4], length=100, drop=drop)
+    records = fed.setup([1, 2, 3, 4])
+    assert sorted(records) == [1, 2, 4]
+    total = fed.aggregate(fed.train(records))
+    assert total.contributors == (1, 2, 4)
+
+
+# --------------------------------------------------------------------------- check_reply
+
+
+@pytest.fixture(scope="module")
+def small_round() -> Iterator[Federation]:
+    with serverapp_identity():
+        fed = Federation([1, 2, 3], length=5000, seed=2)
+        fed.replies = fed.train(fed.setup([1, 2, 3]))  # type: ignore[attr-defined]
+        yield fed
+
+
+def _with_blobs(reply: Message, edit: Callable[[ArrayRecord], None]) -> Message:
+    blobs = ArrayRecord(dict(reply.content.array_records[BLOBS]))
+    edit(blobs)
+    content = RecordDict({BLOBS: blobs, "metrics": MetricRecord({"num-examples": 1})})
+    return Message(content, dst_node_id=0, message_type="train")
+
+
+def test_check_reply_accepts_honest_replies(small_round: Federation) -> None:
+    for reply in small_round.replies:  # type: ignore[attr-defined]
+        assert small_round.server.check_reply(reply, length=5000) is None
+
+
+def test_check_reply_rejects_malformed_ciphertexts(small_round: Federation) -> None:
+    server, reply = small_round.server, small_round.replies[0]  # type: ignore[attr-defined]
+    good = blob_bytes(reply.content.array_records[BLOBS]["ct-1"])
+
+    def put(data: bytes) -> Callable[[ArrayRecord], None]:
+        def edit(blobs: ArrayRecord) -> None:
+            blobs["ct-1"] = blob(data)
+
+        return edit
+
+    truncated = _with_blobs(reply, put(good[: len(good) // 2]))
+    assert "ct-1: not a ciphertext" in (server.check_reply(truncated, length=5000) or "")
+    garbage = _with_blobs(reply, put(bytes(range(256)) * 40))
+    assert "ct-1: not a ciphertext" in (server.check_reply(garbage, length=5000) or "")
+    bad_header = _with_blobs(reply, put(b"\x00\x00" + good[2:]))
+    assert "ct-1: not a ciphertext" in (server.check_reply(bad_header, length=5000) or "")
+    huge = _with_blobs(reply, put(good * 4))
+    assert "larger than any ciphertext" in (server.check_reply(huge, length=5000) or "")
+
+
+def test_check_reply_rejects_wrong_chunk_count_and_errors(small_round: Federation) -> None:
+    server, reply = small_round.server, small_round.replies[0]  # type: ignore[attr-defined]
+    reason = server.check_reply(reply, length=9000)
+    assert reason is not None and "expected 5 ciphertext chunks" in reason
+
+    def drop_last(blobs: ArrayRecord) -> None:
+        del blobs["ct-2"]
+
+    reason = server.check_reply(_with_blobs(reply, drop_last), length=5000)
+    assert reason is not None and "expected 3 ciphertext chunks" in reason
+    error = Message(Error(code=0, reason="out of budget"), reply_to=small_round.grid.sent[-1])
+    assert "out of budget" in (server.check_reply(error, length=5000) or "")
+
+
+def test_check_reply_rejects_other_context(small_round: Federation) -> None:
+    server, reply = small_round.server, small_round.replies[0]  # type: ignore[attr-defined]
+    # Other parameters: a federation at N = 2048.
+    params = CkksParameters(poly_modulus_degree=2048, coeff_mod_bit_sizes=(36, 18), scale_bits=28)
+    other = Federation(
+        [1, 2],
+        length=5000,
+        client=lambda _: CkksClient(parameters=params),
+        server=CkksServer(parameters=params),
+    )
+    other_reply = other.train(other.setup([1, 2]))[0]
+    foreign = other_reply.content.array_records[BLOBS]
+
+    def swap_params(blobs: ArrayRecord) -> None:
+        blobs["ct-0"] = foreign["ct-0"]
+
+    reason = server.check_reply(_with_blobs(reply, swap_params), length=5000)
+    assert reason is not None and "ct-0: not a ciphertext under these parameters" in reason
+    # Same parameters, another key: caught by the key tag, never summed.
+    same = Federation([1, 2], length=5000)
+    stranger = same.train(same.setup([1, 2]))[0]
+    reason = server.check_reply(stranger, length=5000)
+    assert reason is not None and "another key" in reason
+
+
+def test_protect_refuses_another_key_and_out_of_range_vectors(small_round: Federation) -> None:
+    fed = small_round
+    ctx, client = fed.grid.contexts[1], fed.clients[1]
+    bad = request("train", **{"ceremony-id": "x", "fingerprint": "00" * 32})
+    with pytest.raises(ValueError, match="refusing to encrypt"):
+        client.protect(fed.vectors[1], Message(bad, 1, "train"), ctx)
+    records = fed.server.setup(fed.grid, server_round=5, node_ids=[1], timeout=TIMEOUT)
+    train = Message(records[1], 1, "train")
+    with pytest.raises(ValueError, match="max_abs_value"):
+        client.protect(np.full(10, 1.5), train, ctx)
+    with pytest.raises(ValueError, match="non-finite"):
+        client.protect(np.array([0.1, np.nan]), train, ctx)
+    with pytest.raises(ValueError, match="holds no CKKS key"):
+        CkksClient().protect(fed.vectors[1], train, Federation([9], length=1).grid.contexts[9])
+
+
+# --------------------------------------------------------------------------- dropouts
+
+
+def test_node_dropping_after_setup_leaves_the_sum_of_the_others() -> None:
+    def drop(node: int, msg: Message) -> bool:
+        return node == 2 and msg.metadata.message_type == "train"
+
+    fed = Federation([1, 2, 3, 4], length=4500, seed=4, drop=drop)
+    records = fed.setup([1, 2, 3, 4])
+    assert sorted(records) == [1, 2, 3, 4]
+    replies = fed.train(records)
+    assert sorted(r.metadata.src_node_id for r in replies) == [1, 3, 4]
+    total = fed.aggregate(replies)
+    assert total.contributors == (1, 3, 4)
+    error = np.abs(total.vector - fed.expected([1, 3, 4])).max()
+    assert error <= fed.server.parameters.error_bound(3)
+    # The dropped node's vector is really absent (it would shift entries by up to 1).
+    assert np.abs(total.vector - fed.expected([1, 2, 3, 4])).max() > 0.5
+
+
+def test_silent_first_decryptor_is_skipped() -> None:
+    def drop(node: int, msg: Message) -> bool:
+        return (
+            node == 1 and msg.metadata.message_type == QUERY_TYPE and stage_of(msg) == STAGE_DECRYPT
+        )
+
+    fed = Federation([1, 2, 3], length=2500, seed=5, drop=drop)
+    total = fed.aggregate(fed.train(fed.setup([1, 2, 3])))
+    asked = [
+        m.metadata.dst_node_id
+        for m in fed.grid.sent
+        if m.metadata.message_type == QUERY_TYPE and stage_of(m) == STAGE_DECRYPT
+    ]
+    assert asked == [1, 2]
+    assert np.abs(
+        total.vector - fed.expected([1, 2, 3])
+    ).max() <= fed.server.parameters.error_bound(3)
+
+
+def test_decryptors_refuse_too_few_contributors() -> None:
+    fed = Federation([1, 2], length=100, client=lambda _: CkksClient(min_contributors=3))
+    replies = fed.train(fed.setup([1, 2]))
+    with pytest.raises(AggregationAbortedError, match="requires at least 3") as info:
+        fed.aggregate(replies)
+    assert "no contributor decrypted" in str(info.value)
+    # The server's own threshold aborts before anything is sent for decryption.
+    fed = Federation([1, 2], length=100, server=CkksServer(min_contributors=3))
+    replies = fed.train(fed.setup([1, 2]))
+    with pytest.raises(AggregationAbortedError, match="2 valid CKKS replies, at least 3 needed"):
+        fed.aggregate(replies)
+    assert not [
+        m
+        for m in fed.grid.sent
+        if m.metadata.message_type == QUERY_TYPE and stage_of(m) == STAGE_DECRYPT
+    ]
+
+
+def test_decryption_is_noise_flooded() -> None:
+    fed = Federation([1, 2], length=2048, seed=6)
+    replies = fed.train(fed.setup([1, 2]))
+    first, second = fed.aggregate(replies).vector, fed.aggregate(replies).vector
+    # The same ciphertext decrypts to different values: fresh noise at each decryption.
+    assert not np.array_equal(first, second)
+    spread = float(np.std(first - second) / np.sqrt(2))
+    assert 0.8 < spread / fed.server.parameters.noise_std(2) < 1.2
+
+
+def test_no_native_output_on_stdout(capfd: pytest.CaptureFixture[str]) -> None:
+    fed = Federation([1, 2], length=9000, seed=7)  # several ciphertexts per vector
+    capfd.readouterr()
+    fed.aggregate(fed.train(fed.setup([1, 2])))
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""

@@ -1,0 +1,433 @@
+"""The CrypTen mode with real compute-party processes over gloo and real envelopes.
+
+Guarantees checked: the revealed vector is the sum of the contributors'
+fixed-point encodings (so within ``n * 2**-17`` of the plaintext sum); one
+share alone is statistically independent of the vector; clients whose shares
+a party cannot use are dropped by every party while the others are summed
+exactly; a dead or hung party aborts the round, and close() leaves no process.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import psutil
+import pytest
+from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
+
+from fedlearn.privacy.secure.base import (
+    BLOBS,
+    AggregationAbortedError,
+    SecureSum,
+    blob,
+    blob_bytes,
+    request,
+)
+from fedlearn.privacy.secure.crypten_compat import PRECISION_BITS
+from fedlearn.privacy.secure.crypten_mode import (
+    MAX_ABS,
+    STAGE,
+    CryptenClient,
+    CryptenServer,
+    PartyPool,
+    _PartyError,
+)
+from fedlearn.privacy.secure.crypten_party import FrameError, read_frame, share_label, write_frame
+from fedlearn.privacy.secure.envelope import generate_keypair, open_envelope
+from tests.flower_messages import instruction, serverapp_identity
+from tests.loopback_grid import LoopbackGrid, node_context
+
+SCALE = float(1 << PRECISION_BITS)
+LENGTH = 2_000
+#: Rewrites a client's reply record: ``(record, train message, context) -> record``.
+Tamper = Callable[[ArrayRecord, Message, Context], ArrayRecord]
+
+
+def _vectors(n: int, *, seed: int, length: int = LENGTH) -> dict[int, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out = {}
+    for node in range(1, n + 1):
+        vector = rng.normal(scale=50.0, size=length)
+        vector[:10] = rng.uniform(-1e4, 1e4, size=10)  # large and negative values too
+        vector[-1] = float(node)  # the weight slot
+        out[node] = vector
+    return out
+
+
+def _exact_sum(vectors: list[np.ndarray]) -> np.ndarray:
+    """Sum of the fixed-point encodings, decoded: what the parties must reveal, bit for bit."""
+    encoded = sum(np.rint(v * SCALE).astype(np.int64) for v in vectors)
+    return np.asarray(encoded, dtype=np.float64) / SCALE
+
+
+def _assert_is_sum(result: SecureSum, vectors: dict[int, np.ndarray]) -> None:
+    assert result.contributors == tuple(sorted(vectors))
+    chosen = [vectors[n] for n in result.contributors]
+    np.testing.assert_array_equal(result.vector, _exact_sum(chosen))
+    error = np.max(np.abs(result.vector - np.sum(chosen, axis=0)))
+    assert error <= len(chosen) * 2.0**-17, error
+
+
+def _round(
+    server: CryptenServer,
+    vectors: dict[int, np.ndarray],
+    *,
+    server_round: int,
+    tamper: dict[int, Tamper] | None = None,
+    errors: frozenset[int] = frozenset(),
+    timeout: float = 60.0,
+    before_aggregate: Callable[[], None] | None = None,
+) -> SecureSum:
+    client = CryptenClient()
+    tamper = tamper or {}
+
+    def handler(msg: Message, context: Context) -> Message:
+        node = int(context.node_id)
+        if node in errors:
+            return Message(Error(code=500, reason="training failed"), reply_to=msg)
+        record = client.protect(vectors[node], msg, context)
+        if node in tamper:
+            record = tamper[node](record, msg, context)
+        content = RecordDict({BLOBS: record, "metrics": MetricRecord({"num-examples": 1})})
+        return Message(content, reply_to=msg)
+
+    grid = LoopbackGrid(dict.fromkeys(vectors, handler))
+    with serverapp_identity():
+        records = server.setup(grid, server_round=server_round, node_ids=list(vectors), timeout=10)
+        assert sorted(records) == sorted(vectors)
+        messages = [grid.create_message(records[n], "train", n, str(server_round)) for n in vectors]
+        replies = list(grid.send_and_receive(messages))
+    if before_aggregate is not None:
+        before_aggregate()
+    return server.aggregate(
+        grid, server_round=server_round, replies=replies, length=LENGTH, timeout=timeout
+    )
+
+
+def _gone(pids: tuple[int, ...]) -> bool:
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                return False
+        except psutil.NoSuchProcess:
+            continue
+    return True
+
+
+@pytest.fixture(scope="module")
+def parties(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """An M=3 pool and an M=2 server owning its pool (killed last), started concurrently."""
+    logs = tmp_path_factory.mktemp("crypten-parties")
+    started: dict[str, Any] = {}
+    failures: list[BaseException] = []
+
+    def start(name: str, make: Callable[[], Any]) -> None:
+        try:
+            started[name] = make()
+        except BaseException as exc:  # reported below, after every thread ended
+            failures.append(exc)
+
+    t0 = time.monotonic()
+    makers: dict[str, Callable[[], Any]] = {
+        "m2": lambda: CryptenServer(parties=2, log_dir=logs / "m2"),
+        "m3": lambda: PartyPool(parties=3, log_dir=logs / "m3"),
+    }
+    threads = [threading.Thread(target=start, args=item) for item in makers.items()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    started["startup_seconds"] = time.monotonic() - t0
+    pools = [v.pool if isinstance(v, CryptenServer) else v for v in started.values()]
+    pids = [p for pool in pools if isinstance(pool, PartyPool) for p in pool.pids]
+    print(f"parties started in {started['startup_seconds']:.1f} s")
+    try:
+        if failures:
+            raise failures[0]
+        yield started
+    finally:
+        for value in started.values():
+            if isinstance(value, (PartyPool, CryptenServer)):
+                value.close()
+        assert _gone(tuple(pids))
+
+
+@pytest.mark.parametrize("m", [2, 3])
+def test_sum_of_ten_clients_is_the_plaintext_sum(parties: dict[str, Any], m: int) -> None:
+    shared = parties[f"m{m}"]
+    server = shared if isinstance(shared, CryptenServer) else CryptenServer(parties=shared)
+    vectors = _vectors(10, seed=m)
+    result = _round(server, vectors, server_round=1)
+    _assert_is_sum(result, vectors)
+    assert result.dropped == {}
+    # the pool serves the next round (fresh labels, fresh shares)
+    _assert_is_sum(_round(server, vectors, server_round=2), vectors)
+    if server is not shared:
+        server.close()  # not the owner: the pool keeps running
+        assert shared.healthy()
+
+
+def _flip_byte(name: str) -> Tamper:
+    def tamper(record: ArrayRecord, msg: Message, context: Context) -> ArrayRecord:
+        data = bytearray(blob_bytes(record[name]))
+        data[-5] ^= 0x01
+        record[name] = blob(bytes(data))
+        return record
+
+    return tamper
+
+
+def _as_node(other: int, vectors: dict[int, np.ndarray]) -> Tamper:
+    """Reply with envelopes labelled for another node (a replay of someone's shares)."""
+
+    def tamper(record: ArrayRecord, msg: Message, context: Context) -> ArrayRecord:
+        return CryptenClient().protect(vectors[other], msg, node_context(other))
+
+    return tamper
+
+
+def _sealed_to_stranger(record: ArrayRecord, msg: Message, context: Context) -> ArrayRecord:
+    _, stranger = generate_keypair()
+    content = RecordDict(
+        {
+            name: (
+                ArrayRecord({**dict(rec), "party-key-0": blob(stranger)}) if name == BLOBS else rec
+            )
+            for name, rec in msg.content.items()
+        }
+    )
+    with serverapp_identity():
+        forged = instruction(content, node_id=int(context.node_id))
+    return CryptenClient().protect(np.ones(LENGTH), forged, context)
+
+
+def _wrong_length(record: ArrayRecord, msg: Message, context: Context) -> ArrayRecord:
+    return CryptenClient().protect(np.ones(LENGTH + 1), msg, context)
+
+
+def _extra_party(record: ArrayRecord, msg: Message, context: Context) -> ArrayRecord:
+    record["share-3"] = record["share-0"]
+    return record
+
+
+def test_bad_clients_are_dropped_and_the_rest_summed(parties: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="at least 2"):
+        CryptenServer(parties=parties["m3"], min_contributors=5)
+    server = CryptenServer(parties=parties["m3"])
+    vectors = _vectors(10, seed=5)
+    tamper: dict[int, Tamper] = {
+        2: _as_node(1, vectors),
+        3: _flip_byte("share-1"),
+        4: _wrong_length,
+        5: _sealed_to_stranger,
+        6: _extra_party,
+    }
+    result = _round(server, vectors, server_round=3, tamper=tamper, errors=frozenset({7}))
+    assert set(result.dropped) == {2, 3, 4, 5, 6, 7}
+    assert "party 0 cannot use its share" in result.dropped[2]  # label names node 1
+    assert "party 1 cannot use its share" in result.dropped[3]
+    assert "bytes, expected" in result.dropped[4]
+    assert "party 0 cannot use its share" in result.dropped[5]
+    assert "unknown parties ['share-3']" in result.dropped[6]
+    assert "error" in result.dropped[7]
+    _assert_is_sum(result, {n: vectors[n] for n in (1, 8, 9, 10)})
+
+
+def test_parties_refuse_a_sum_of_one_client(parties: dict[str, Any]) -> None:
+    server: CryptenServer = parties["m2"]
+    pool = server.pool
+    vectors = _vectors(3, seed=9)
+    errors = frozenset({2, 3})
+    with pytest.raises(AggregationAbortedError, match="at least 2"):
+        _round(server, vectors, server_round=4, errors=errors)
+    # The parties enforce it themselves, whatever the server asks.
+    client = CryptenClient()
+    envelopes: list[list[bytes]] = [[], []]
+    with serverapp_identity():
+        setup = server.setup(LoopbackGrid({}), server_round=5, node_ids=[1, 2], timeout=5)
+    for node in (1, 2):
+        msg = instruction(setup[node], node_id=node)
+        record = client.protect(vectors[node], msg, node_context(node))
+        for i in range(2):
+            envelopes[i].append(blob_bytes(record[f"share-{i}"]))
+    base = {"round": 5, "length": LENGTH, "nodes": [1, 2]}
+    deadline = time.monotonic() + 30
+    pool.exchange(
+        [({"type": "open", **base}, envelopes[i]) for i in range(2)],
+        expect=["opened"],
+        deadline=deadline,
+    )
+    with pytest.raises(_PartyError, match="reveals sums of at least 2"):
+        pool.exchange(
+            [({"type": "reveal", **base, "nodes": [1]}, [])] * 2,
+            expect=["sum", "revealed"],
+            deadline=deadline,
+        )
+    assert pool.healthy()  # a refusal keeps the parties in step
+    _assert_is_sum(_round(server, vectors, server_round=6), vectors)
+
+
+def test_one_share_alone_is_uniform_and_independent_of_the_vector() -> None:
+    length, parties = 20_000, 3
+    keys = [generate_keypair() for _ in range(parties)]
+    content = request(
+        STAGE,
+        run="r",
+        round=1,
+        parties=parties,
+        **{f"party-key-{i}": pub for i, (_, pub) in enumerate(keys)},
+    )
+    with serverapp_identity():
+        msg = instruction(content, node_id=5)
+    vector = np.linspace(-100.0, 100.0, length)  # strongly structured plaintext
+    encoded = np.rint(vector * SCALE).astype(np.int64).view(np.uint64)
+    record = CryptenClient().protect(vector, msg, node_context(5))
+    shares = []
+    for i, (private, _) in enumerate(keys):
+        label = share_label(run="r", server_round=1, node_id=5, party=i, parties=parties)
+        plain = open_envelope(private, blob_bytes(record[f"share-{i}"]), label=label)
+        shares.append(np.frombuffer(plain, dtype="<u8"))
+    np.testing.assert_array_equal(sum(shares, np.zeros(length, np.uint64)), encoded)
+    sigma = np.sqrt(1 / 12 / length)
+    for share in shares:
+        unit = share.astype(np.float64) / 2.0**64
+        assert abs(unit.mean() - 0.5) < 6 * sigma
+        assert abs(unit.var() - 1 / 12) < 0.01
+        assert abs(np.corrcoef(unit, vector)[0, 1]) < 6 / np.sqrt(length)
+        assert np.mean(share == encoded) < 1e-3
+        counts = np.bincount(np.frombuffer(share.tobytes(), np.uint8), minlength=256)
+        expected = 8 * length / 256
+        chi2 = float(np.sum((counts - expected) ** 2 / expected))
+        assert chi2 < 255 + 6 * np.sqrt(2 * 255), chi2  # 255 degrees of freedom
+    again = CryptenClient().protect(vector, msg, node_context(5))
+    assert blob_bytes(again["share-0"]) != blob_bytes(record["share-0"])
+
+
+def test_killed_or_hung_party_aborts_and_close_leaves_nothing(parties: dict[str, Any]) -> None:
+    server: CryptenServer = parties["m2"]
+    vectors = _vectors(4, seed=13)
+    first = server.pool.pids
+    with pytest.raises(AggregationAbortedError, match="party 1"):
+        _round(
+            server,
+            vectors,
+            server_round=1,
+            before_aggregate=lambda: os.kill(first[1], signal.SIGKILL),
+        )
+    # an owned pool is replaced by fresh parties at the next setup
+    _assert_is_sum(_round(server, vectors, server_round=2), vectors)
+    second = server.pool.pids
+    assert set(second).isdisjoint(first) and _gone(first)
+    with pytest.raises(AggregationAbortedError, match=r"did not (answer|read the request) in time"):
+        _round(
+            server,
+            vectors,
+            server_round=3,
+            timeout=3.0,
+            before_aggregate=lambda: os.kill(second[0], signal.SIGSTOP),
+        )
+    closing = time.monotonic()
+    server.close()
+    print(f"close() with one hung party took {time.monotonic() - closing:.1f} s")
+    assert _gone(second)
+    with pytest.raises(AggregationAbortedError, match="closed"):
+        _round(server, vectors, server_round=4)
+
+
+# --- no parties needed below -------------------------------------------------------------
+
+
+def _train_message(parties: int = 2) -> tuple[Message, list[tuple[bytes, bytes]]]:
+    keys = [generate_keypair() for _ in range(parties)]
+    content = request(
+        STAGE,
+        run="r",
+        round=1,
+        parties=parties,
+        **{f"party-key-{i}": pub for i, (_, pub) in enumerate(keys)},
+    )
+    with serverapp_identity():
+        return instruction(content, node_id=3), keys
+
+
+@pytest.mark.parametrize(
+    ("vector", "reason"),
+    [
+        (np.array([1.0, np.nan]), "NaN or infinite"),
+        (np.array([1.0, np.inf]), "NaN or infinite"),
+        (np.array([1, 2]), "float64"),
+        (np.zeros((2, 2)), "1-d"),
+        (np.zeros(0), "empty"),
+        (np.array([MAX_ABS * 2]), "MAX_ABS"),
+        ([1.0, 2.0], "ndarray"),
+    ],
+)
+def test_protect_rejects_bad_vectors(vector: Any, reason: str) -> None:
+    msg, _ = _train_message()
+    with pytest.raises(ValueError, match=reason):
+        CryptenClient().protect(vector, msg, node_context(3))
+
+
+def test_protect_rejects_bad_train_messages() -> None:
+    with serverapp_identity():
+        other = instruction(request("ckks.train"), node_id=3)
+        no_keys = instruction(request(STAGE, run="r", round=1, parties=2), node_id=3)
+    with pytest.raises(ValueError, match=r"expected a 'crypten\.train'"):
+        CryptenClient().protect(np.ones(3), other, node_context(3))
+    with pytest.raises(ValueError, match="party-key-0"):
+        CryptenClient().protect(np.ones(3), no_keys, node_context(3))
+    msg, keys = _train_message()
+    pinned = CryptenClient(party_keys=[generate_keypair()[1], keys[1][1]])
+    with pytest.raises(ValueError, match="pinned"):
+        pinned.protect(np.ones(3), msg, node_context(3))
+    assert CryptenClient(party_keys=[k[1] for k in keys]).protect(np.ones(3), msg, node_context(3))
+
+
+def test_handle_query_answers_with_an_error() -> None:
+    msg, _ = _train_message()
+    reply = CryptenClient().handle_query(msg, node_context(3))
+    assert reply.has_error() and "no client-side stage" in str(reply.error.reason)
+
+
+def test_constructors_validate_eagerly() -> None:
+    with pytest.raises(ValueError, match="parties must be an int >= 2"):
+        CryptenServer(parties=1)
+    with pytest.raises(ValueError, match="start_timeout"):
+        PartyPool(parties=2, start_timeout=0)
+    with pytest.raises(ValueError, match="min_contributors"):
+        CryptenServer(parties=2, min_contributors=0)
+    with pytest.raises(ValueError, match="party_keys"):
+        CryptenClient(party_keys=[b"x" * 32])
+
+
+def test_frames_round_trip_and_reject_garbage() -> None:
+    stream = io.BytesIO()
+    write_frame(stream, {"type": "open", "nodes": [1, 2]}, [b"ab", b"", b"c" * 1000])
+    stream.seek(0)
+    header, blobs = read_frame(stream)
+    assert header == {"type": "open", "nodes": [1, 2]} and blobs == [b"ab", b"", b"c" * 1000]
+    with pytest.raises(EOFError):
+        read_frame(stream)
+
+    def framed(header: bytes) -> bytes:
+        return struct.pack(">I", len(header)) + header
+
+    for garbage, reason in [
+        (framed(b"abc"), "not JSON"),
+        (framed(b"[]"), "JSON object"),
+        (b"\xff\xff\xff\xff", "exceeds"),
+        (framed(b'{"type":"x","blobs":[-1]}'), "non-negative"),
+        (framed(b'{"type":"x","blobs":[1e20]}'), "non-negative"),
+    ]:
+        with pytest.raises(FrameError, match=reason):
+            read_frame(io.BytesIO(garbage))
+    with pytest.raises(EOFError, match="missing"):
+        read_frame(io.BytesIO(framed(b'{"type":"x","blobs":[10]}') + b"abc"))
