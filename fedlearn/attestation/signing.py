@@ -1,0 +1,350 @@
+"""Client wallets and signed update commitments (EIP-712).
+
+A client signs, with its wallet key, the typed message::
+
+    UpdateCommitment(bytes32 runId, uint64 round, bytes32 commitment)
+
+under the EIP-712 domain ``{name: "fedlearn", version: "1"}``. The domain keeps
+the signature from being valid as any other kind of Ethereum message (a
+transaction, a personal message, another application's typed data), and
+``runId`` and ``round`` bind it to one run and one round: the server checks it
+with :func:`check_signed_commitment`, which rejects a signature replayed from an
+earlier round or another run, a commitment that does not match the bytes the
+client sent, and a signer other than the client's registered address.
+
+Wallet keys come from an encrypted keystore file (Web3 Secret Storage, password
+in an environment variable) or from the environment variable
+``FEDLEARN_WALLET_KEY``; never from configuration files (:func:`load_wallet`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from eth_account import Account
+from eth_account.messages import SignableMessage, encode_typed_data
+from eth_account.signers.local import LocalAccount
+from eth_utils.address import is_address, to_checksum_address
+
+from fedlearn.attestation.leaves import commitment_of
+
+__all__ = [
+    "KEY_ENV",
+    "PASSWORD_ENV",
+    "SignatureError",
+    "SignedCommitment",
+    "WalletError",
+    "check_signed_commitment",
+    "load_wallet",
+    "save_keystore",
+    "sign_commitment",
+    "verify_commitment",
+]
+
+KEY_ENV = "FEDLEARN_WALLET_KEY"
+"""Environment variable holding a hex private key (used when no keystore is given)."""
+PASSWORD_ENV = "FEDLEARN_WALLET_PASSWORD"
+"""Default environment variable holding the keystore password."""
+
+_DOMAIN = {"name": "fedlearn", "version": "1"}
+_TYPES = {
+    "EIP712Domain": [
+        {"name": "name", "type": "string"},
+        {"name": "version", "type": "string"},
+    ],
+    "UpdateCommitment": [
+        {"name": "runId", "type": "bytes32"},
+        {"name": "round", "type": "uint64"},
+        {"name": "commitment", "type": "bytes32"},
+    ],
+}
+
+
+class WalletError(RuntimeError):
+    """A wallet key could not be loaded (missing, wrong password, malformed)."""
+
+
+class SignatureError(ValueError):
+    """A signed commitment is invalid, replayed, or from the wrong signer."""
+
+
+def _bytes32(name: str, value: object) -> bytes:
+    if not isinstance(value, bytes | bytearray) or len(value) != 32:
+        raise ValueError(f"{name} must be 32 bytes, got {value!r}")
+    return bytes(value)
+
+
+def _round(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**64:
+        raise ValueError(f"round must be an int in [0, 2**64), got {value!r}")
+    return value
+
+
+def load_wallet(
+    *,
+    keystore: str | Path | None = None,
+    password_env: str = PASSWORD_ENV,
+    key_env: str = KEY_ENV,
+    environ: Mapping[str, str] | None = None,
+) -> LocalAccount:
+    """Load a wallet from a keystore file or from the environment.
+
+    Parameters
+    ----------
+    keystore : path, optional
+        Encrypted JSON keystore (Web3 Secret Storage). Its password is read from
+        the environment variable ``password_env``.
+    password_env : str, default "FEDLEARN_WALLET_PASSWORD"
+        Variable holding the keystore password.
+    key_env : str, default "FEDLEARN_WALLET_KEY"
+        Variable holding a hex private key; used only when ``keystore`` is None.
+    environ : mapping, optional
+        Environment to read (default ``os.environ``).
+
+    Raises
+    ------
+    WalletError
+        If no key source is available, the password is missing or wrong, or the
+        key is malformed. The message never contains the key or password.
+    """
+    env = os.environ if environ is None else environ
+    if keystore is not None:
+        path = Path(keystore)
+        try:
+            encrypted = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise WalletError(f"cannot read keystore {path}: {exc}") from None
+        password = env.get(password_env)
+        if password is None:
+            raise WalletError(f"keystore {path} needs its password in ${password_env}")
+        try:
+            key = Account.decrypt(encrypted, password)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise WalletError(f"cannot decrypt keystore {path}: {exc}") from None
+        account: LocalAccount = Account.from_key(key)
+        return account
+    raw = env.get(key_env)
+    if not raw:
+        raise WalletError(
+            f"no wallet: pass a keystore file (password in ${password_env}) "
+            f"or set ${key_env} to a hex private key"
+        )
+    try:
+        account = Account.from_key(raw.strip())
+    except (ValueError, TypeError):
+        raise WalletError(f"${key_env} is not a valid hex private key") from None
+    return account
+
+
+def save_keystore(
+    *,
+    account: LocalAccount,
+    path: str | Path,
+    password: str,
+    scrypt_n: int | None = None,
+) -> Path:
+    """Write ``account`` as an encrypted keystore file (mode 0600); refuse to overwrite.
+
+    Parameters
+    ----------
+    account : LocalAccount
+        The wallet to store.
+    path : path
+        New file to create.
+    password : str
+        Encryption password (non-empty).
+    scrypt_n : int, optional
+        scrypt work factor (a power of two); default eth-account's (2**18). Lower
+        it only for throw-away test wallets.
+
+    Raises
+    ------
+    FileExistsError
+        If ``path`` exists.
+    """
+    if not isinstance(password, str) or not password:
+        raise ValueError("a keystore password must be a non-empty string")
+    path = Path(path)
+    if scrypt_n is not None and (scrypt_n < 2 or scrypt_n & (scrypt_n - 1)):
+        raise ValueError(f"scrypt_n must be a power of two >= 2, got {scrypt_n!r}")
+    encrypted = Account.encrypt(account.key, password, kdf="scrypt", iterations=scrypt_n)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(encrypted, handle)
+    return path
+
+
+def _typed_message(*, run_id: bytes, round: int, commitment: bytes) -> SignableMessage:
+    return encode_typed_data(
+        full_message={
+            "types": _TYPES,
+            "primaryType": "UpdateCommitment",
+            "domain": _DOMAIN,
+            "message": {
+                "runId": _bytes32("run_id", run_id),
+                "round": _round(round),
+                "commitment": _bytes32("commitment", commitment),
+            },
+        }
+    )
+
+
+def sign_commitment(
+    *, account: LocalAccount, run_id: bytes, round: int, commitment: bytes
+) -> bytes:
+    """The 65-byte EIP-712 signature of ``(run_id, round, commitment)`` by ``account``."""
+    signed = account.sign_message(_typed_message(run_id=run_id, round=round, commitment=commitment))
+    return bytes(signed.signature)
+
+
+def verify_commitment(*, run_id: bytes, round: int, commitment: bytes, signature: bytes) -> str:
+    """The checksummed address that signed ``(run_id, round, commitment)``.
+
+    A signature over other values recovers to some unrelated address, so the
+    caller must compare the result with the address it expects (or use
+    :func:`check_signed_commitment`).
+
+    Raises
+    ------
+    SignatureError
+        If ``signature`` is not a well-formed signature.
+    """
+    if not isinstance(signature, bytes | bytearray) or len(signature) != 65:
+        raise SignatureError("a signature must be 65 bytes")
+    message = _typed_message(run_id=run_id, round=round, commitment=commitment)
+    try:
+        return str(Account.recover_message(message, signature=bytes(signature)))
+    except Exception as exc:  # eth_keys raises several types for malformed signatures
+        raise SignatureError(f"malformed signature: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SignedCommitment:
+    """What a client attaches to its reply: the signed fields, the signature and its address."""
+
+    run_id: bytes
+    round: int
+    commitment: bytes
+    signer: str
+    signature: bytes
+
+    def __post_init__(self) -> None:
+        _bytes32("run_id", self.run_id)
+        _round(self.round)
+        _bytes32("commitment", self.commitment)
+        if not isinstance(self.signer, str) or not is_address(self.signer):
+            raise ValueError(f"signer must be an address, got {self.signer!r}")
+        object.__setattr__(self, "signer", str(to_checksum_address(self.signer)))
+        if not isinstance(self.signature, bytes) or len(self.signature) != 65:
+            raise ValueError("signature must be 65 bytes")
+
+    @classmethod
+    def create(
+        cls, *, account: LocalAccount, run_id: bytes, round: int, payload: bytes
+    ) -> SignedCommitment:
+        """Commit to ``payload`` (the exact bytes sent) and sign it for this run and round."""
+        commitment = commitment_of(payload)
+        return cls(
+            run_id=run_id,
+            round=round,
+            commitment=commitment,
+            signer=account.address,
+            signature=sign_commitment(
+                account=account, run_id=run_id, round=round, commitment=commitment
+            ),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON/ConfigRecord-safe form (hex strings and an int)."""
+        return {
+            "run_id": "0x" + self.run_id.hex(),
+            "round": self.round,
+            "commitment": "0x" + self.commitment.hex(),
+            "signer": self.signer,
+            "signature": "0x" + self.signature.hex(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SignedCommitment:
+        """Inverse of :meth:`to_dict`; raises ``SignatureError`` on malformed input."""
+        try:
+            return cls(
+                run_id=bytes.fromhex(str(data["run_id"]).removeprefix("0x")),
+                round=int(data["round"]),
+                commitment=bytes.fromhex(str(data["commitment"]).removeprefix("0x")),
+                signer=str(data["signer"]),
+                signature=bytes.fromhex(str(data["signature"]).removeprefix("0x")),
+            )
+        except (KeyError, ValueError, TypeError) as exc:
+            raise SignatureError(f"malformed signed commitment: {exc}") from None
+
+
+def check_signed_commitment(
+    *,
+    signed: SignedCommitment,
+    run_id: bytes,
+    expected_round: int,
+    payload: bytes,
+    expected_address: str | None = None,
+) -> str:
+    """Server-side check of a client's signed commitment; returns the signer's address.
+
+    Parameters
+    ----------
+    signed : SignedCommitment
+        What the client sent with its reply.
+    run_id : bytes
+        The current run's id.
+    expected_round : int
+        The current round.
+    payload : bytes
+        The exact bytes the server received from the client.
+    expected_address : str, optional
+        The client's registered wallet address; if given, the signer must be it.
+
+    Raises
+    ------
+    SignatureError
+        Naming the reason: another run, another (e.g. earlier) round, a
+        commitment that does not match the payload, a signature that does not
+        recover to the claimed signer, or a signer other than ``expected_address``.
+    """
+    run_id = _bytes32("run_id", run_id)
+    _round(expected_round)
+    if signed.run_id != run_id:
+        raise SignatureError(
+            f"commitment signed for another run (0x{signed.run_id.hex()}, "
+            f"expected 0x{run_id.hex()})"
+        )
+    if signed.round != expected_round:
+        raise SignatureError(
+            f"commitment signed for round {signed.round}, expected round {expected_round} "
+            "(replayed)"
+        )
+    if signed.commitment != commitment_of(payload):
+        raise SignatureError("commitment does not match the bytes received")
+    recovered = verify_commitment(
+        run_id=run_id,
+        round=expected_round,
+        commitment=signed.commitment,
+        signature=signed.signature,
+    )
+    if recovered != signed.signer:
+        raise SignatureError(
+            f"signature does not recover to the claimed signer {signed.signer} "
+            "(signed over other values or by another key)"
+        )
+    if expected_address is not None:
+        if not is_address(expected_address):
+            raise ValueError(f"expected_address is not an address: {expected_address!r}")
+        if to_checksum_address(expected_address) != recovered:
+            raise SignatureError(
+                f"signed by {recovered}, but this client's registered address is "
+                f"{to_checksum_address(expected_address)}"
+            )
+    return recovered
