@@ -25,6 +25,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricR
 from flwr.clientapp import ClientApp
 from torch import nn
 
+from fedlearn.attestation.client_mod import WalletProvider, make_attestation_mod, node_wallet
 from fedlearn.config import ConfigError, DataConfig, RunConfig
 from fedlearn.data import (
     DataError,
@@ -283,6 +284,7 @@ def make_client_app(
     model_fn: ModelFactory = default_model,
     ledger_dir: str | Path | None = None,
     simulated: bool = False,
+    wallet: WalletProvider = node_wallet,
 ) -> ClientApp:
     """Build the ClientApp.
 
@@ -298,6 +300,8 @@ def make_client_app(
     simulated : bool, default False
         Simulated holders enforce the run's ``privacy.client-epsilon-budget``;
         real holders only their own (``--epsilon-budget``).
+    wallet : WalletProvider, default :func:`~fedlearn.attestation.client_mod.node_wallet`
+        The holder's wallet, which signs its updates in attested runs.
 
     Examples
     --------
@@ -310,6 +314,7 @@ def make_client_app(
             model_fn=model_fn,
             ledger_dir=ledger_dir,
             simulated=simulated,
+            wallet=wallet,
         )
     )
 
@@ -349,8 +354,9 @@ def make_client_app(
         )
         return cfg, model, train_set, val_set, client, fingerprint
 
-    # Outermost first: the secure mod protects what the DP mod clipped and noised.
-    @app.train(mods=[secure_aggregation_mod, user_level_dp_mod])
+    # Outermost first: the holder signs what it sends, which the secure mod
+    # protected after the DP mod clipped and noised it.
+    @app.train(mods=[make_attestation_mod(wallet), secure_aggregation_mod, user_level_dp_mod])
     def _train(msg: Message, context: Context) -> Message:
         prepared = _prepare(msg, context)
         if isinstance(prepared, Message):

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Self
 
 __all__ = [
+    "AttestationConfig",
     "ConfigError",
     "DataConfig",
     "FederationConfig",
@@ -405,6 +406,62 @@ class SecureConfig:
         _require(self.crypten_parties >= 2, "secure.crypten-parties", "must be >= 2")
 
 
+SCORING_METHODS = ("auto", "gtg-shapley", "leave-one-out", "exact-shapley", "examples")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AttestationConfig:
+    """Contribution scores attested on an EVM chain, and token rewards.
+
+    Parameters
+    ----------
+    enabled : bool, default False
+        Score every round's contributions, post the round's Merkle root on
+        chain and publish per-client proofs (``RUN_DIR/attestations``).
+    chain : str, default "embedded"
+        ``"embedded"`` (an in-process EVM whose state lives in
+        ``RUN_DIR/chain``) or the JSON-RPC URL of a node. The coordinator key
+        comes from ``$FEDLEARN_COORDINATOR_KEY`` or a keystore named by
+        ``$FEDLEARN_COORDINATOR_KEYSTORE`` (never from this file); the
+        embedded chain creates a development key in ``RUN_DIR/chain`` if
+        neither is set.
+    chain_dev_faucet : bool, default False
+        Fund accounts through ``anvil_setBalance`` (local anvil/hardhat nodes).
+    reward_per_round : int, default 1000
+        Whole reward tokens (FLR) a round pays out, pro rata to scores.
+    scoring : str, default "auto"
+        ``"gtg-shapley"``, ``"leave-one-out"`` or ``"exact-shapley"`` on the
+        server's validation data (plaintext runs without central DP only:
+        they need each update), ``"examples"`` (attested, capped example
+        counts) or ``"auto"``: GTG-Shapley where allowed, else examples.
+    flush_seconds : float, default 10.0
+        How long a round waits for its attestation to be confirmed before the
+        run goes on; unconfirmed ones stay in the durable outbox and are
+        retried every round and at the end of the run.
+    """
+
+    enabled: bool = False
+    chain: str = "embedded"
+    chain_dev_faucet: bool = False
+    reward_per_round: int = 1000
+    scoring: str = "auto"
+    flush_seconds: float = 10.0
+
+    def __post_init__(self) -> None:
+        _require(
+            self.chain == "embedded" or self.chain.startswith(("http://", "https://")),
+            "attestation.chain",
+            f"must be 'embedded' or an http(s):// JSON-RPC URL, got {self.chain!r}",
+        )
+        _require(self.reward_per_round >= 0, "attestation.reward-per-round", "must be >= 0")
+        _require(
+            self.scoring in SCORING_METHODS,
+            "attestation.scoring",
+            f"unknown method {self.scoring!r}; choose from {list(SCORING_METHODS)}",
+        )
+        _require(self.flush_seconds > 0, "attestation.flush-seconds", "must be > 0")
+
+
 _SECTIONS: dict[str, type[Any]] = {
     "federation": FederationConfig,
     "data": DataConfig,
@@ -413,6 +470,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "server": ServerConfig,
     "privacy": PrivacyConfig,
     "secure": SecureConfig,
+    "attestation": AttestationConfig,
 }
 
 
@@ -455,8 +513,17 @@ class RunConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     secure: SecureConfig = field(default_factory=SecureConfig)
+    attestation: AttestationConfig = field(default_factory=AttestationConfig)
 
     def __post_init__(self) -> None:
+        if self.attestation.scoring in ("gtg-shapley", "leave-one-out", "exact-shapley"):
+            _require(
+                self.secure.mode == "none" and self.privacy.central_dp == "none",
+                "attestation.scoring",
+                f"{self.attestation.scoring!r} needs every update in the clear, without "
+                "user-level DP (the published scores would leak un-noised updates); use "
+                "'examples' or 'auto' with secure aggregation or central DP",
+            )
         if self.secure.mode == "none":
             return
         _require(

@@ -27,6 +27,10 @@ class RoundRecord:
     for user-level DP. ``secure`` says what secure aggregation did: mode,
     clients in the sum, clients dropped by the protocol (and why), an abort
     reason, and the seconds its set-up and aggregation stages took.
+    ``contributions`` holds each attested client's score, capped examples,
+    ε and reward (token base units), keyed ``"node<node id>"``, and
+    ``attestation`` the round's Merkle root, aggregate hash, scoring method
+    and whether the chain confirmed it yet.
     """
 
     round: int
@@ -45,6 +49,8 @@ class RoundRecord:
     privacy: dict[str, dict[str, float]] = field(default_factory=dict)
     central_privacy: dict[str, float] = field(default_factory=dict)
     secure: dict[str, Any] = field(default_factory=dict)
+    contributions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    attestation: dict[str, Any] = field(default_factory=dict)
 
     @property
     def max_client_epsilon(self) -> float | None:

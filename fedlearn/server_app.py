@@ -29,6 +29,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,10 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
+from fedlearn.attestation.chain import ChainError
+from fedlearn.attestation.outbox import OutboxError
+from fedlearn.attestation.round_attestation import RoundAttestation
+from fedlearn.attestation.session import AttestationSession
 from fedlearn.checkpoint import load_latest, save_checkpoint
 from fedlearn.client_app import CONFIG_KEY, PRIVACY_KEY, ModelFactory, default_model
 from fedlearn.config import ConfigError, RunConfig
@@ -47,7 +52,13 @@ from fedlearn.privacy.central_dp import CentralDP
 from fedlearn.privacy.secure.aggregation import SecureAggregation
 from fedlearn.privacy.secure.base import ServerProtocol
 from fedlearn.privacy.secure.modes import server_protocol
-from fedlearn.strategies import ValidatedReplies, build_strategy, export_state, import_state
+from fedlearn.strategies import (
+    ContributionScoring,
+    ValidatedReplies,
+    build_strategy,
+    export_state,
+    import_state,
+)
 from fedlearn.training import evaluate
 
 __all__ = ["RoundCallback", "make_server_app", "run_federation", "server_test_set"]
@@ -228,33 +239,60 @@ def run_federation(
     run_dir.mkdir(parents=True, exist_ok=True)
     with _run_log(run_dir):
         _write_status(run_dir, "running")
-        protocol = server_protocol(cfg) if cfg.secure.mode != "none" else None
-        try:
-            history = _run(
-                grid, cfg, run_dir, strategy, model_fn, test_set, resume, on_round, protocol
-            )
-        except BaseException as exc:
-            log.exception("run failed")
-            _write_status(run_dir, "failed", f"{type(exc).__name__}: {exc}")
-            raise
-        finally:
-            if protocol is not None:
-                protocol.close()  # e.g. stops CrypTen's compute parties
+        with contextlib.ExitStack() as cleanup:
+            try:
+                protocol = session = None
+                if cfg.secure.mode != "none":
+                    protocol = server_protocol(cfg)
+                    cleanup.callback(protocol.close)  # e.g. stops CrypTen's compute parties
+                if cfg.attestation.enabled:
+                    session = AttestationSession.open(
+                        cfg.attestation, run_dir=run_dir, rounds=cfg.federation.rounds
+                    )
+                    cleanup.callback(session.close)
+                    cleanup.callback(_final_flush, session, cfg.attestation.flush_seconds)
+                stack = _build_stack(
+                    cfg,
+                    run_dir=run_dir,
+                    strategy=strategy,
+                    model_fn=model_fn,
+                    test_set=test_set,
+                    resume=resume,
+                    protocol=protocol,
+                    session=session,
+                )
+                history = _run(grid, cfg, run_dir, stack, model_fn, test_set, resume, on_round)
+            except BaseException as exc:
+                log.exception("run failed")
+                _write_status(run_dir, "failed", f"{type(exc).__name__}: {exc}")
+                raise
         _write_status(run_dir, "completed")
         return history
 
 
-def _run(
-    grid: Grid,
+@dataclass
+class _Stack:
+    """The run's strategy wrappers, outermost first (the order reads like the threat model)."""
+
+    validated: ValidatedReplies
+    attestation: RoundAttestation | None
+    secure: SecureAggregation | None
+    scoring: ContributionScoring | None
+    central: CentralDP | None
+    inner: Strategy
+
+
+def _build_stack(
     cfg: RunConfig,
+    *,
     run_dir: Path,
     strategy: Strategy | None,
     model_fn: ModelFactory,
     test_set: Dataset | None,
     resume: bool,
-    on_round: RoundCallback | None,
     protocol: ServerProtocol | None,
-) -> History:
+    session: AttestationSession | None,
+) -> _Stack:
     fed = cfg.federation
     inner = strategy or build_strategy(
         fed.strategy,
@@ -264,12 +302,13 @@ def _run(
         fraction_evaluate=0.0 if cfg.privacy.local_dp else fed.fraction_evaluate,
         min_train_clients=fed.min_train_clients,
     )
+    aggregator: Strategy = inner
     central: CentralDP | None = None
     if cfg.privacy.central_dp != "none":
         ledger_path = run_dir / "central_ledger.json"
         if not resume:
             ledger_path.unlink(missing_ok=True)  # a new run starts a new ledger
-        central = CentralDP(
+        aggregator = central = CentralDP(
             inner,
             mode=cfg.privacy.central_dp,  # type: ignore[arg-type]
             noise_multiplier=cfg.privacy.central_noise_multiplier,
@@ -280,10 +319,21 @@ def _run(
             accountant=cfg.privacy.accountant,  # type: ignore[arg-type]
             ledger_path=ledger_path,
         )
-    aggregator: Strategy = central or inner
+    scoring: ContributionScoring | None = None
+    method = cfg.attestation.scoring
+    per_update = protocol is None and cfg.privacy.central_dp == "none" and test_set is not None
+    if session is not None and per_update and method != "examples":
+        aggregator = scoring = ContributionScoring(
+            aggregator,
+            utility_data=test_set,  # type: ignore[arg-type]  # per_update checks it
+            model_fn=lambda: model_fn(cfg),
+            max_examples=cfg.secure.max_examples,
+            method="gtg-shapley" if method == "auto" else method,  # type: ignore[arg-type]
+            seed=fed.seed,
+        )
     secure: SecureAggregation | None = None
     if protocol is not None:
-        secure = SecureAggregation(
+        aggregator = secure = SecureAggregation(
             aggregator,
             protocol=protocol,
             min_contributors=fed.min_train_clients,
@@ -292,13 +342,58 @@ def _run(
             uniform_weights=cfg.privacy.local_dp or cfg.privacy.central_dp != "none",
             timeout=fed.timeout,
         )
-        aggregator = secure
+    attestation: RoundAttestation | None = None
+    if session is not None:
+        aggregator = attestation = RoundAttestation(
+            aggregator,
+            run_id=session.run_id,
+            run_dir=run_dir,
+            outbox=session.outbox,
+            contracts=session.contracts,
+            budget=session.budget,
+            max_examples=cfg.secure.max_examples,
+            scoring=scoring,
+            secure=secure,
+            flush_seconds=cfg.attestation.flush_seconds,
+        )
     validated = ValidatedReplies(
         aggregator,
         min_replies=fed.min_train_clients,
-        check=secure.check_reply if secure is not None else None,
+        payload_check=secure.check_reply if secure is not None else None,
+        reply_checks=(attestation.check_reply,) if attestation is not None else (),
     )
+    return _Stack(validated, attestation, secure, scoring, central, inner)
 
+
+def _final_flush(session: AttestationSession, seconds: float) -> None:
+    """Give attestations still in the outbox one last chance before the run ends."""
+    try:
+        result = session.outbox.flush(session.contracts, deadline=max(seconds, 30.0))
+    except (OutboxError, ChainError) as exc:
+        log.error("attestations left in the outbox: %s", exc)
+        return
+    if result.pending:
+        log.warning(
+            "%d attestation(s) wait in %s (%s); `fedlearn attest --run %s` posts them later",
+            len(result.pending),
+            session.outbox.path,
+            result.error,
+            session.outbox.path.parent.parent,
+        )
+
+
+def _run(
+    grid: Grid,
+    cfg: RunConfig,
+    run_dir: Path,
+    stack: _Stack,
+    model_fn: ModelFactory,
+    test_set: Dataset | None,
+    resume: bool,
+    on_round: RoundCallback | None,
+) -> History:
+    fed = cfg.federation
+    inner, central, secure, validated = stack.inner, stack.central, stack.secure, stack.validated
     history = History()
     checkpoint = load_latest(run_dir / "checkpoints") if resume else None
     if resume and checkpoint is None:
@@ -378,6 +473,27 @@ def _run(
                 "aborted": secure_report.aborted,
                 "setup-seconds": secure_report.setup_seconds,
                 "aggregate-seconds": secure_report.aggregate_seconds,
+            }
+        if stack.attestation is not None:
+            attested = stack.attestation.last_report
+            record.contributions = {
+                f"node{node}": {
+                    "address": c.address,
+                    "score": c.score,
+                    "examples": c.examples,
+                    "epsilon": c.epsilon,
+                    "reward": str(c.reward),  # uint256 base units: JSON numbers lose digits
+                }
+                for node, c in attested.clients.items()
+            }
+            record.attestation = {
+                "scoring": attested.scoring,
+                "evaluations": attested.evaluations,
+                "root": attested.root,
+                "aggregate-hash": attested.aggregate_hash,
+                "confirmed": attested.confirmed,
+                "pending-rounds": attested.pending_rounds,
+                "error": attested.error,
             }
         metrics = MetricRecord()
         if test_set is not None:

@@ -7,6 +7,7 @@ Each virtual SuperNode gets ``node_config = {"partition-id": i,
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ from flwr.app import Context
 from flwr.serverapp.strategy import Strategy
 from flwr.simulation import run_simulation
 
+from fedlearn.attestation.client_mod import simulated_wallet
 from fedlearn.client_app import (
     DataProvider,
     ModelFactory,
@@ -128,6 +130,7 @@ def simulate(
         model_fn=model_fn,
         ledger_dir=run_dir / "holders",
         simulated=True,
+        wallet=functools.partial(simulated_wallet, run_dir / "holders" / "wallets.secret"),
     )
     flwr_logger = logging.getLogger("flwr")
     previous_level = flwr_logger.level

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.anvil import ANVIL, Anvil
 
 # Every Flower process the tests start: no telemetry, no update checks, no downloads.
 for _key, _value in {
@@ -20,3 +23,17 @@ for _key, _value in {
 @pytest.fixture
 def tmp_run_dir(tmp_path: Path) -> Path:
     return tmp_path / "run"
+
+
+@pytest.fixture
+def anvil(tmp_path: Path) -> Iterator[Anvil]:
+    """A running anvil node on a free loopback port, stopped after the test."""
+    assert ANVIL.exists(), f"anvil is missing at {ANVIL}: run `make install` (npm ci)"
+    node = Anvil(tmp_path)
+    node.start()
+    try:
+        yield node
+    finally:
+        node.stop()
+
+

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,57 +28,11 @@ from fedlearn.attestation.chain import (
     RpcChain,
 )
 from fedlearn.attestation.leaves import Contribution, commitment_of, round_leaves, run_id_from_name
-from fedlearn.processes import ProcessGroup, free_port, tcp_listening, wait_until
+from fedlearn.processes import free_port
+from tests.anvil import Anvil
 
-ANVIL = Path(__file__).resolve().parents[1] / "node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil"
 SUPPLY = 10**24
 BUDGET = 10**21
-
-
-class Anvil:
-    """A real anvil node on loopback, owned by PID (restartable on the same port and state)."""
-
-    def __init__(self, tmp: Path, *, state: Path | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.state = state
-        self.group = ProcessGroup(tmp / "logs")
-        self.starts = 0
-
-    def start(self) -> None:
-        self.starts += 1
-        name = f"anvil-{self.starts}"
-        cmd = [str(ANVIL), "--host", "127.0.0.1", "--port", str(self.port)]
-        cmd += ["--chain-id", "31337", "--silent"]
-        if self.state is not None:
-            cmd += ["--state", str(self.state)]
-        self.group.start(name, cmd, env={"PATH": os.environ.get("PATH", "")})
-        wait_until(
-            lambda: tcp_listening("127.0.0.1", self.port),
-            timeout=30,
-            what=f"anvil on port {self.port}",
-            check=lambda: self.group.check_alive(name),
-            interval=0.05,
-        )
-
-    @property
-    def proc(self) -> object:
-        return self.group.procs[f"anvil-{self.starts}"]
-
-    def stop(self) -> None:
-        self.group.stop()
-
-
-@pytest.fixture
-def anvil(tmp_path: Path) -> Iterator[Anvil]:
-    if not ANVIL.exists():
-        pytest.skip("anvil is not installed (npm install @foundry-rs/anvil)")
-    node = Anvil(tmp_path)
-    node.start()
-    try:
-        yield node
-    finally:
-        node.stop()
 
 
 def _round(

@@ -13,7 +13,7 @@ from eth_utils.crypto import keccak
 from fedlearn.attestation.chain import Contracts, EmbeddedChain, RpcChain
 from fedlearn.attestation.leaves import run_id_from_name
 from fedlearn.attestation.outbox import AttestationConflictError, Outbox, OutboxError
-from tests.test_attestation_chain import ANVIL, Anvil
+from tests.anvil import ANVIL, Anvil
 
 RUN = run_id_from_name("outbox test")
 
@@ -78,8 +78,7 @@ def test_embedded_flush_exactly_once_and_conflicts(tmp_path: Path) -> None:
 
 
 def test_outbox_survives_anvil_loss_and_process_restart(tmp_path: Path) -> None:
-    if not ANVIL.exists():
-        pytest.skip("anvil is not installed (npm install @foundry-rs/anvil)")
+    assert ANVIL.exists(), f"anvil is missing at {ANVIL}: run `make install` (npm ci)"
     node = Anvil(tmp_path, state=tmp_path / "anvil-state.json")
     box_path = tmp_path / "outbox.sqlite"
     coordinator = Account.create()

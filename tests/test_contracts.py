@@ -619,7 +619,7 @@ def _tool_env(out: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def forge_build(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, str]]]:
     if not FORGE.is_file() or shutil.which("node") is None:
-        pytest.skip("forge (npm @foundry-rs/forge) or node missing: run `npm ci`")
+        pytest.fail("forge (npm @foundry-rs/forge) or node missing: run `make install` (npm ci)")
     work = tmp_path_factory.mktemp("forge")
     env = _tool_env(work)
     proc = subprocess.run(
@@ -672,7 +672,7 @@ def test_forge_fuzz_and_invariants(forge_build: tuple[Path, dict[str, str]]) -> 
 
 def test_slither_finds_no_high_or_medium(forge_build: tuple[Path, dict[str, str]]) -> None:
     if not SLITHER.is_file():
-        pytest.skip(f"Slither is not installed at {SLITHER} (make tools)")
+        pytest.fail(f"Slither is not installed at {SLITHER}: run `make install`")
     out, env = forge_build
     proc = subprocess.run(
         [

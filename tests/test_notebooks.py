@@ -24,7 +24,12 @@ pytest.importorskip("ipykernel")
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
-EXPECTED = {"01_quickstart.ipynb", "02_custom_strategy.ipynb", "03_privacy_utility.ipynb"}
+EXPECTED = {
+    "01_quickstart.ipynb",
+    "02_custom_strategy.ipynb",
+    "03_privacy_utility.ipynb",
+    "04_secure_aggregation.ipynb",
+}
 
 KERNEL_NAME = "fedlearn-test-kernel"
 SMALL_SETTING = {"FEDLEARN_NB_ROUNDS": "3", "FEDLEARN_NB_CLIENTS": "4"}
@@ -32,7 +37,10 @@ SMALL_SETTING = {"FEDLEARN_NB_ROUNDS": "3", "FEDLEARN_NB_CLIENTS": "4"}
 PRIVACY_UTILITY = NOTEBOOK_DIR / "03_privacy_utility.ipynb"
 # Three simulations (one per ε, Ray start included) plus the centralized baselines: 1-2 min.
 PRIVACY_UTILITY_SETTING = {**SMALL_SETTING, "FEDLEARN_NB_EPSILONS": "1,8,inf"}
-DEDICATED = {PRIVACY_UTILITY}
+SECURE_AGGREGATION = NOTEBOOK_DIR / "04_secure_aggregation.ipynb"
+# Four simulations (plaintext, CKKS, SecAgg+, CrypTen; Ray start each, CrypTen parties): 2-3 min.
+SECURE_AGGREGATION_SETTING = dict(SMALL_SETTING)
+DEDICATED = {PRIVACY_UTILITY, SECURE_AGGREGATION}
 CELL_TIMEOUT = 600  # seconds; one simulate() call starts Ray (~30-45 s on 2 cores)
 
 
@@ -120,3 +128,16 @@ def test_03_privacy_utility_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert sorted(p.name for p in runs.iterdir()) == ["eps-1", "eps-8", "eps-inf"]
     for name in ("eps-1", "eps-8"):
         assert len(list((runs / name / "holders").glob("*.json"))) == 4
+
+
+@pytest.mark.slow
+def test_04_secure_aggregation_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The three modes and plaintext side by side; the last cell checks them against plaintext."""
+    nb = _execute(SECURE_AGGREGATION, tmp_path, monkeypatch, SECURE_AGGREGATION_SETTING)
+    outputs = [out for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs]
+    text = "".join(out.get("text", "") for out in outputs if out.output_type == "stream")
+    assert "all checks passed" in text
+    assert all(name in text for name in ("plaintext", "CKKS", "SecAgg+", "CrypTen"))
+    assert any("image/png" in out.get("data", {}) for out in outputs)  # the bar plot
+    runs = tmp_path / "work" / "runs" / "secure_aggregation"
+    assert sorted(p.name for p in runs.iterdir()) == ["ckks", "crypten", "none", "secaggplus"]

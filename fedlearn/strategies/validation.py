@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -49,10 +49,13 @@ class ValidatedReplies(Strategy):
         least this many valid updates arrived.
     weighted_by_key : str, default "num-examples"
         Metric every reply must carry as a positive, finite number.
-    check : callable, optional
+    payload_check : callable, optional
         ``(reply) -> reason or None`` that replaces the plaintext array checks,
         for replies whose update is protected (secure aggregation validates
         its own payload: ``SecureAggregation.check_reply``).
+    reply_checks : sequence of callables, default ()
+        Further ``(reply) -> reason or None`` checks every reply must pass
+        first (e.g. ``RoundAttestation.check_reply`` for signed commitments).
 
     Examples
     --------
@@ -66,14 +69,16 @@ class ValidatedReplies(Strategy):
         *,
         min_replies: int,
         weighted_by_key: str = "num-examples",
-        check: Callable[[Message], str | None] | None = None,
+        payload_check: Callable[[Message], str | None] | None = None,
+        reply_checks: Sequence[Callable[[Message], str | None]] = (),
     ) -> None:
         if min_replies < 1:
             raise ValueError(f"min_replies must be >= 1, got {min_replies}")
         self.strategy = strategy
         self.min_replies = min_replies
         self.weighted_by_key = weighted_by_key
-        self.check = check
+        self.payload_check = payload_check
+        self.reply_checks = tuple(reply_checks)
         self._expected: dict[str, tuple[tuple[int, ...], str]] = {}
         self.last_report = RoundReport()
 
@@ -95,9 +100,12 @@ class ValidatedReplies(Strategy):
         """Return why a training reply is unusable, or ``None`` if it is valid."""
         if msg.has_error():
             return f"client error: {msg.error.reason}"
+        for check in self.reply_checks:
+            if (reason := check(msg)) is not None:
+                return reason
         content = msg.content
-        if self.check is not None:
-            return self.check(msg) or self._check_weight(msg)
+        if self.payload_check is not None:
+            return self.payload_check(msg) or self._check_weight(msg)
         if len(content.array_records) != 1:
             return f"expected exactly one ArrayRecord, got {len(content.array_records)}"
         record = next(iter(content.array_records.values()))

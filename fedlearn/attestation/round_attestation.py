@@ -1,0 +1,299 @@
+"""``RoundAttestation``: score, attest and reward every round's contributions.
+
+A strategy wrapper placed inside :class:`~fedlearn.strategies.ValidatedReplies`
+(its :meth:`RoundAttestation.check_reply` runs there, so an update whose
+signed commitment does not check out is never used):
+
+1. ``configure_train`` names the run id clients sign for;
+2. ``check_reply`` verifies each reply's EIP-712 signature over
+   ``(run id, round, commitment to exactly the bytes received)`` and pins
+   each node to the first address it signed with (a node cannot switch
+   wallets mid-run, a signature replayed from another round or run fails);
+3. ``aggregate_train`` lets the wrapped strategy aggregate, then builds one
+   Merkle leaf per client whose update is in the aggregate (address,
+   commitment, score, capped examples, ε spent, reward), writes the round's
+   bundle with every proof to ``RUN_DIR/attestations``, puts the root and
+   the aggregate's hash in the durable outbox and flushes it: one
+   transaction per round, whatever the number of clients.
+
+Scores come from :class:`~fedlearn.strategies.ContributionScoring` in
+plaintext runs; in secure modes no individual update is ever visible, so the
+score is the client's attested example count (capped), every contributor of
+the round counting once: honest, not per-update quality (said in the record).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+from eth_utils.crypto import keccak
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from fedlearn.attestation.bundle import RoundBundle
+from fedlearn.attestation.chain import ChainError, Contracts
+from fedlearn.attestation.client_mod import ATTESTATION_KEY, RUN_ID_KEY, payload_bytes
+from fedlearn.attestation.leaves import Contribution, round_leaves
+from fedlearn.attestation.outbox import Outbox, OutboxError
+from fedlearn.attestation.signing import SignatureError, SignedCommitment, check_signed_commitment
+from fedlearn.client_app import PRIVACY_KEY
+from fedlearn.privacy.secure.aggregation import SecureAggregation
+from fedlearn.strategies.contribution import ContributionScoring
+
+__all__ = ["ClientReward", "RoundAttestation", "RoundAttestationReport"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ClientReward:
+    """One client's attested contribution to a round."""
+
+    address: str
+    score: float
+    examples: int
+    epsilon: float | None
+    reward: int
+
+
+@dataclass
+class RoundAttestationReport:
+    """What the attestation layer did in one round (for the round record)."""
+
+    scoring: str = ""
+    evaluations: int = 0
+    clients: dict[int, ClientReward] = field(default_factory=dict)
+    root: str = ""
+    aggregate_hash: str = ""
+    confirmed: bool = False
+    pending_rounds: int = 0
+    error: str = ""
+
+
+class RoundAttestation(Strategy):
+    """Attest every round's contributions on chain through a durable outbox.
+
+    Parameters
+    ----------
+    strategy : Strategy
+        What aggregates the validated replies (possibly ``SecureAggregation``
+        or ``ContributionScoring`` around the configured strategy).
+    run_id : bytes
+        The run's 32-byte id (the same after a resume).
+    run_dir : Path
+        Bundles go to ``run_dir/attestations``; pinned addresses too.
+    outbox : Outbox
+        The durable outbox (SQLite) attestations wait in until confirmed.
+    contracts : Contracts
+        The deployed ledger and reward pool (with the coordinator account).
+    budget : int
+        Reward token base units a round pays out, pro rata to scores.
+    max_examples : int
+        Cap on the example count a client is attested (and scored) with.
+    scoring : ContributionScoring, optional
+        Per-update scores (plaintext runs); else the attested example counts.
+    secure : SecureAggregation, optional
+        The secure layer, whose contributors are the clients attested.
+    flush_seconds : float, default 10.0
+        How long a round waits for the chain before the run goes on.
+    """
+
+    def __init__(
+        self,
+        strategy: Strategy,
+        *,
+        run_id: bytes,
+        run_dir: Path,
+        outbox: Outbox,
+        contracts: Contracts,
+        budget: int,
+        max_examples: int,
+        scoring: ContributionScoring | None = None,
+        secure: SecureAggregation | None = None,
+        flush_seconds: float = 10.0,
+    ) -> None:
+        if len(run_id) != 32:
+            raise ValueError("run_id must be 32 bytes")
+        if budget < 0 or max_examples < 1 or flush_seconds <= 0:
+            raise ValueError("budget must be >= 0, max_examples >= 1, flush_seconds > 0")
+        self.strategy = strategy
+        self.run_id = run_id
+        self.dir = Path(run_dir) / "attestations"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.outbox = outbox
+        self.contracts = contracts
+        self.budget = budget
+        self.max_examples = max_examples
+        self.scoring = scoring
+        self.secure = secure
+        self.flush_seconds = flush_seconds
+        self.last_report = RoundAttestationReport()
+        self._addresses_file = self.dir / "addresses.json"
+        self._addresses: dict[int, str] = (
+            {int(k): v for k, v in json.loads(self._addresses_file.read_text()).items()}
+            if self._addresses_file.exists()
+            else {}
+        )
+        self._round = 0
+        self._signed: dict[int, SignedCommitment] = {}
+
+    def summary(self) -> None:
+        """Log the wrapped strategy's summary."""
+        self.strategy.summary()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Name the run id clients sign for, then delegate."""
+        self._round = server_round
+        self._signed = {}
+        self.last_report = RoundAttestationReport()
+        config[RUN_ID_KEY] = "0x" + self.run_id.hex()
+        return self.strategy.configure_train(server_round, arrays, config, grid)
+
+    def check_reply(self, msg: Message) -> str | None:
+        """Why a reply's signed commitment is unusable (``None`` if it checks out)."""
+        if msg.has_error():
+            return f"client error: {msg.error.reason}"
+        record = msg.content.config_records.get(ATTESTATION_KEY)
+        if record is None:
+            return "no signed commitment (attested runs need one from every client)"
+        node = msg.metadata.src_node_id
+        try:
+            signed = SignedCommitment.from_dict(dict(record))
+            address = check_signed_commitment(
+                signed=signed,
+                run_id=self.run_id,
+                expected_round=self._round,
+                payload=payload_bytes(msg.content),
+                expected_address=self._addresses.get(node),
+            )
+        except (SignatureError, ValueError) as exc:
+            return f"signed commitment rejected: {exc}"
+        if node not in self._addresses:
+            self._addresses[node] = address
+            tmp = self._addresses_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self._addresses, indent=1), encoding="utf-8")
+            os.replace(tmp, self._addresses_file)
+        self._signed[node] = signed
+        return None
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Aggregate, then score and attest the clients in the aggregate."""
+        replies = list(replies)
+        arrays, metrics = self.strategy.aggregate_train(server_round, replies)
+        if arrays is None:
+            return arrays, metrics
+        report = self.last_report
+        by_node = {m.metadata.src_node_id: m for m in replies}
+        contributors = (
+            list(self.secure.last_report.contributors) if self.secure is not None else list(by_node)
+        )
+        contributors = [n for n in contributors if n in by_node and n in self._signed]
+        scores, report.scoring, report.evaluations = self._scores(contributors, by_node)
+        contributions = [
+            Contribution(
+                client=self._addresses[node],
+                commitment=self._signed[node].commitment,
+                score=max(0.0, scores[node]),
+                examples=_examples(by_node[node]),
+                epsilon=_epsilon(by_node[node]),
+            )
+            for node in contributors
+        ]
+        if not contributions:
+            report.error = "no attested client in the aggregate"
+            return arrays, metrics
+        leaves = round_leaves(
+            run_id=self.run_id,
+            round=server_round,
+            contributions=contributions,
+            budget=self.budget,
+            max_examples=self.max_examples,
+            negative_scores="zero",
+        )
+        aggregate_hash = keccak(payload_bytes(RecordDict({"arrays": arrays})))
+        bundle = RoundBundle.build(leaves=leaves, aggregate_hash=aggregate_hash, budget=self.budget)
+        bundle.write(self.dir.parent)
+        for node, leaf, contribution in zip(contributors, leaves, contributions, strict=True):
+            report.clients[node] = ClientReward(
+                address=leaf.client,
+                score=scores[node],
+                examples=leaf.examples,
+                epsilon=contribution.epsilon,
+                reward=leaf.amount,
+            )
+        report.root = "0x" + bundle.root.hex()
+        report.aggregate_hash = "0x" + aggregate_hash.hex()
+        try:
+            self.outbox.put(
+                run_id=self.run_id,
+                round=server_round,
+                root=bundle.root,
+                aggregate_hash=aggregate_hash,
+            )
+            result = self.outbox.flush(self.contracts, deadline=self.flush_seconds)
+        except (OutboxError, ChainError) as exc:
+            report.error = str(exc)
+            log.error("round %d: attestation not posted: %s", server_round, exc)
+        else:
+            report.confirmed = (self.run_id, server_round) in result.confirmed or all(
+                e.round != server_round for e in result.pending
+            )
+            report.pending_rounds = len(result.pending)
+            if result.error:
+                report.error = result.error
+                log.warning(
+                    "round %d: %d attestation(s) wait in the outbox: %s",
+                    server_round,
+                    len(result.pending),
+                    result.error,
+                )
+        return arrays, metrics
+
+    def _scores(
+        self, contributors: list[int], by_node: dict[int, Message]
+    ) -> tuple[dict[int, float], str, int]:
+        scored = self.scoring.last_scores if self.scoring is not None else None
+        if scored is not None and all(n in scored.scores for n in contributors):
+            return {n: scored.scores[n] for n in contributors}, scored.method, scored.evaluations
+        # No per-update score: the attested, capped example count of each contributor.
+        return (
+            {n: float(min(_examples(by_node[n]), self.max_examples)) for n in contributors},
+            "examples",
+            0,
+        )
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Delegate to the wrapped strategy."""
+        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """Delegate to the wrapped strategy."""
+        return self.strategy.aggregate_evaluate(server_round, replies)
+
+
+def _examples(msg: Message) -> int:
+    for metrics in msg.content.metric_records.values():
+        if "num-examples" in metrics:
+            return max(0, int(cast(float, metrics["num-examples"])))
+    return 0
+
+
+def _epsilon(msg: Message) -> float | None:
+    report = msg.content.config_records.get(PRIVACY_KEY)
+    value: Any = report.get("epsilon") if report is not None else None
+    return float(value) if isinstance(value, int | float) else None

@@ -1,0 +1,131 @@
+"""A run's attestation session: chain, contracts, coordinator key, outbox, run id.
+
+Layout in the run directory::
+
+    RUN_DIR/chain/              the embedded chain's journal (embedded chain only)
+    RUN_DIR/chain/coordinator.key   development coordinator key (embedded chain only)
+    RUN_DIR/attestations/deployment.json   where the contracts are
+    RUN_DIR/attestations/outbox.sqlite     attestations not yet confirmed on chain
+    RUN_DIR/attestations/run-id            the run's 32-byte id (kept on resume)
+    RUN_DIR/attestations/round-NNNNNN.json one bundle (leaves + proofs) per round
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+
+from fedlearn.attestation.chain import Chain, Contracts, EmbeddedChain, RpcChain
+from fedlearn.attestation.outbox import Outbox
+from fedlearn.attestation.signing import WalletError, load_wallet
+from fedlearn.config import AttestationConfig
+
+__all__ = [
+    "COORDINATOR_KEY_ENV",
+    "COORDINATOR_KEYSTORE_ENV",
+    "COORDINATOR_PASSWORD_ENV",
+    "TOKEN_DECIMALS",
+    "AttestationSession",
+    "coordinator_account",
+    "open_chain",
+]
+
+log = logging.getLogger(__name__)
+
+COORDINATOR_KEY_ENV = "FEDLEARN_COORDINATOR_KEY"
+COORDINATOR_KEYSTORE_ENV = "FEDLEARN_COORDINATOR_KEYSTORE"
+COORDINATOR_PASSWORD_ENV = "FEDLEARN_COORDINATOR_PASSWORD"
+#: The reward token has 18 decimals, like ether.
+TOKEN_DECIMALS = 18
+
+
+def open_chain(cfg: AttestationConfig, run_dir: Path) -> Chain:
+    """The run's chain: the embedded one in ``RUN_DIR/chain`` or a JSON-RPC node."""
+    if cfg.chain == "embedded":
+        return EmbeddedChain(state_dir=run_dir / "chain")
+    return RpcChain(url=cfg.chain, dev_faucet=cfg.chain_dev_faucet)
+
+
+def coordinator_account(cfg: AttestationConfig, run_dir: Path) -> LocalAccount:
+    """The coordinator's key: keystore or environment; a development key for the embedded chain.
+
+    Raises
+    ------
+    WalletError
+        For a real chain without ``$FEDLEARN_COORDINATOR_KEY`` or
+        ``$FEDLEARN_COORDINATOR_KEYSTORE``.
+    """
+    keystore = os.environ.get(COORDINATOR_KEYSTORE_ENV)
+    if keystore or os.environ.get(COORDINATOR_KEY_ENV):
+        return load_wallet(
+            keystore=keystore or None,
+            password_env=COORDINATOR_PASSWORD_ENV,
+            key_env=COORDINATOR_KEY_ENV,
+        )
+    if cfg.chain != "embedded":
+        raise WalletError(
+            f"attesting on {cfg.chain} needs the coordinator's key: set "
+            f"${COORDINATOR_KEYSTORE_ENV} (password in ${COORDINATOR_PASSWORD_ENV}) "
+            f"or ${COORDINATOR_KEY_ENV}"
+        )
+    path = run_dir / "chain" / "coordinator.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32))
+        log.warning("embedded chain: created a development coordinator key in %s", path)
+    account: LocalAccount = Account.from_key(path.read_text().strip())
+    return account
+
+
+@dataclass
+class AttestationSession:
+    """Everything a run attests with; :meth:`open` creates or resumes it."""
+
+    chain: Chain
+    contracts: Contracts
+    outbox: Outbox
+    run_id: bytes
+    budget: int
+
+    @classmethod
+    def open(cls, cfg: AttestationConfig, *, run_dir: Path, rounds: int) -> AttestationSession:
+        """Open the chain, deploy (first time) or load the contracts, open the outbox.
+
+        The pool is funded with ``rounds × reward-per-round`` tokens at deployment.
+        """
+        directory = run_dir / "attestations"
+        directory.mkdir(parents=True, exist_ok=True)
+        id_file = directory / "run-id"
+        if not id_file.exists():
+            id_file.write_text(secrets.token_hex(32), encoding="utf-8")
+        run_id = bytes.fromhex(id_file.read_text(encoding="utf-8").strip())
+        budget = cfg.reward_per_round * 10**TOKEN_DECIMALS
+        chain = open_chain(cfg, run_dir)
+        try:
+            coordinator = coordinator_account(cfg, run_dir)
+            deployment = directory / "deployment.json"
+            if deployment.exists():
+                contracts = Contracts.load(chain=chain, path=deployment, coordinator=coordinator)
+            else:
+                supply = max(1, budget * rounds)
+                contracts = Contracts.deploy(
+                    chain=chain, coordinator=coordinator, token_supply=supply, path=deployment
+                )
+            outbox = Outbox(path=directory / "outbox.sqlite")
+        except BaseException:
+            chain.close()
+            raise
+        return cls(chain=chain, contracts=contracts, outbox=outbox, run_id=run_id, budget=budget)
+
+    def close(self) -> None:
+        """Close the outbox and the chain (the embedded chain's journal is already on disk)."""
+        self.outbox.close()
+        self.chain.close()

@@ -1,0 +1,206 @@
+"""Attested federations: scores, Merkle roots on a real EVM, proofs, claims, outages.
+
+Server loop and ClientApps are fedlearn's real ones, in this process
+(:class:`~fedlearn.loopback.LoopbackGrid`); the chain is the embedded py-evm
+chain or a real anvil process.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flwr.app import Context, Message, RecordDict
+
+from fedlearn.attestation.bundle import claim_rewards, verify_client
+from fedlearn.attestation.chain import Contracts, EmbeddedChain
+from fedlearn.attestation.client_mod import simulated_wallet
+from fedlearn.attestation.session import TOKEN_DECIMALS
+from fedlearn.client_app import make_client_app
+from fedlearn.config import RunConfig
+from fedlearn.history import History
+from fedlearn.loopback import DropRule, Handler, LoopbackGrid
+from fedlearn.server_app import run_federation, server_test_set
+from tests.anvil import Anvil
+from tests.flower_messages import serverapp_identity
+
+CLIENTS = 4
+NODES = list(range(201, 201 + CLIENTS))
+REWARD = 100  # whole tokens per round
+
+
+def _config(**sections: dict[str, Any]) -> RunConfig:
+    raw: dict[str, dict[str, Any]] = {
+        "federation": {"rounds": 2, "clients": CLIENTS, "seed": 5, "min-train-clients": 2},
+        "train": {"local-epochs": 1},
+        "attestation": {"enabled": True, "reward-per-round": REWARD, "flush-seconds": 5.0},
+    }
+    for name, values in sections.items():
+        raw.setdefault(name, {}).update(values)
+    return RunConfig.from_dict(raw)
+
+
+def _run(
+    run_dir: Path,
+    cfg: RunConfig,
+    *,
+    handlers: dict[int, Handler] | None = None,
+    drop: DropRule | None = None,
+) -> History:
+    app = make_client_app(
+        simulated=True,
+        ledger_dir=run_dir / "holders",
+        wallet=functools.partial(simulated_wallet, run_dir / "holders" / "wallets.secret"),
+    )
+    grid = LoopbackGrid({node: app for node in NODES} | (handlers or {}), drop=drop)
+    with serverapp_identity():
+        return run_federation(grid, cfg=cfg, run_dir=run_dir, test_set=server_test_set(cfg))
+
+
+def _wallet(run_dir: Path, partition: int) -> Any:
+    context = Context(
+        run_id=1,
+        node_id=0,
+        node_config={"partition-id": partition},
+        state=RecordDict(),
+        run_config={},
+    )
+    return simulated_wallet(run_dir / "holders" / "wallets.secret", context)
+
+
+def _contracts(run_dir: Path) -> tuple[EmbeddedChain, Contracts]:
+    chain = EmbeddedChain(state_dir=run_dir / "chain")
+    return chain, Contracts.load(chain=chain, path=run_dir / "attestations" / "deployment.json")
+
+
+def test_plaintext_run_attests_shapley_scores_and_pays_claims(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    history = _run(run_dir, _config())
+    budget = REWARD * 10**TOKEN_DECIMALS
+    for record in history.rounds:
+        assert record.attestation["scoring"] == "gtg-shapley"
+        assert record.attestation["confirmed"] and not record.attestation["error"]
+        assert len(record.contributions) == CLIENTS
+        assert sum(int(c["reward"]) for c in record.contributions.values()) <= budget
+    chain, contracts = _contracts(run_dir)
+    try:
+        for record in history.rounds:
+            bundle = json.loads(
+                (run_dir / "attestations" / f"round-{record.round:06d}.json").read_text()
+            )
+            on_chain = contracts.root_of(
+                run_id=bytes.fromhex(bundle["run_id"][2:]), round=record.round
+            )
+            assert "0x" + on_chain.hex() == record.attestation["root"] == bundle["root"]
+        earned: dict[str, int] = {}
+        for record in history.rounds:
+            for c in record.contributions.values():
+                earned[c["address"]] = earned.get(c["address"], 0) + int(c["reward"])
+        for partition in range(CLIENTS):
+            account = _wallet(run_dir, partition)
+            assert verify_client(run_dir=run_dir, address=account.address, contracts=contracts) == [
+                1,
+                2,
+            ]
+            paid = claim_rewards(run_dir=run_dir, account=account, contracts=contracts)
+            assert paid.total == earned[account.address]
+            assert contracts.token_balance(account.address) == earned[account.address]
+            again = claim_rewards(run_dir=run_dir, account=account, contracts=contracts)
+            assert again.total == 0  # nothing is paid twice
+    finally:
+        chain.close()
+
+
+def test_secure_run_attests_example_scores_of_the_contributors(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    history = _run(run_dir, _config(secure={"mode": "secagg+"}))
+    for record in history.rounds:
+        assert record.attestation["scoring"] == "examples"
+        assert record.attestation["confirmed"]
+        assert len(record.contributions) == record.secure["contributors"] == CLIENTS
+        for contribution in record.contributions.values():
+            assert contribution["score"] == contribution["examples"] > 0
+
+
+def test_a_replayed_signature_from_an_earlier_round_is_rejected(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    app = make_client_app(
+        simulated=True,
+        ledger_dir=run_dir / "holders",
+        wallet=functools.partial(simulated_wallet, run_dir / "holders" / "wallets.secret"),
+    )
+    first_reply: dict[str, Message] = {}
+
+    def replaying(msg: Message, context: Context) -> Message:
+        """Node 204 sends its round-1 update and signature again in round 2."""
+        if msg.metadata.message_type != "train":
+            return app(msg, context)
+        if "reply" not in first_reply:
+            first_reply["reply"] = app(msg, context)
+            return first_reply["reply"]
+        return Message(first_reply["reply"].content, reply_to=msg)
+
+    history = _run(run_dir, _config(), handlers={204: replaying})
+    first, second = history.rounds
+    assert len(first.contributions) == CLIENTS
+    assert "204" in second.rejected and "round" in second.rejected["204"]
+    assert len(second.contributions) == CLIENTS - 1
+
+
+def test_chain_outage_delays_attestations_and_loses_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """anvil stops after round 1; rounds 2-3 wait in the outbox; back up, each is posted once."""
+    from eth_account import Account
+
+    from fedlearn.attestation.chain import RpcChain
+    from fedlearn.attestation.outbox import Outbox
+
+    node = Anvil(tmp_path, state=tmp_path / "anvil-state.json")
+    node.start()
+    coordinator = Account.create()
+    monkeypatch.setenv("FEDLEARN_COORDINATOR_KEY", coordinator.key.hex())
+    run_dir = tmp_path / "run"
+    cfg = _config(
+        federation={"rounds": 3},
+        attestation={"chain": node.url, "chain-dev-faucet": True, "flush-seconds": 1.0},
+    )
+    trains = {"count": 0}
+
+    def stop_the_chain_before_round_two(node_id: int, msg: Message) -> bool:
+        if msg.metadata.message_type == "train" and node_id == NODES[0]:
+            trains["count"] += 1
+            if trains["count"] == 2:
+                node.stop()  # orderly stop: anvil writes its state file, then is gone
+        return False
+
+    try:
+        history = _run(run_dir, cfg, drop=stop_the_chain_before_round_two)
+        assert [r.attestation["confirmed"] for r in history.rounds] == [True, False, False]
+        assert all(r.applied for r in history.rounds)  # training never waited for the chain
+        outbox = Outbox(path=run_dir / "attestations" / "outbox.sqlite")
+        assert [e.round for e in outbox.pending()] == [2, 3]
+
+        node.start()  # back, with its state
+        chain = RpcChain(url=node.url, dev_faucet=True)
+        contracts = Contracts.load(
+            chain=chain, path=run_dir / "attestations" / "deployment.json", coordinator=coordinator
+        )
+        result = outbox.flush(contracts, deadline=30.0)
+        assert result.complete, result.error
+        assert outbox.flush(contracts, deadline=5.0).confirmed == []  # nothing sent twice
+        events = contracts.round_posted_events()
+        assert sorted(e.round for e in events) == [1, 2, 3]  # every round exactly once
+        for record in history.rounds:
+            run_id = bytes.fromhex((run_dir / "attestations" / "run-id").read_text().strip())
+            assert (
+                "0x" + contracts.root_of(run_id=run_id, round=record.round).hex()
+                == (record.attestation["root"])
+            )
+        outbox.close()
+        chain.close()
+    finally:
+        node.stop()
