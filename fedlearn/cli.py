@@ -108,6 +108,10 @@ def demo(
     ] = 8.0,
     no_dp: Annotated[bool, typer.Option("--no-dp", help="Train without DP, to compare.")] = False,
     secure: Annotated[str, typer.Option(help=_SECURE_HELP)] = "ckks",
+    attest: Annotated[
+        bool,
+        typer.Option(help="Score and attest every round on the embedded chain, then claim."),
+    ] = True,
     run_dir: Annotated[Path | None, typer.Option(help="Run directory.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
@@ -133,6 +137,7 @@ def demo(
                 "client_epsilon_budget": epsilon,
             },
             secure={"mode": secure},
+            attestation={"enabled": attest},
         )
         parts, test_set, _ = partition_bundled(cfg.data, clients=clients, seed=seed)
     except (ConfigError, DataError) as exc:
@@ -189,6 +194,8 @@ def demo(
     history.summary.update(centralized_accuracy=baseline, federated_accuracy=federated)
     history.save(run_dir / "history.json")
     history.plot(run_dir / "history.png")
+    holders = _demo_rewards(history, run_dir=run_dir, clients=clients) if attest else []
+    summary.update(rewards=holders)
     if as_json:
         print(json.dumps(summary, indent=2))
         return
@@ -202,6 +209,58 @@ def demo(
             f"{summary['max_client_epsilon']:.3f} ≤ budget {epsilon}"
         )
     out.print(f"plot: {run_dir / 'history.png'}   ledger per round: {run_dir / 'history.json'}")
+    if holders:
+        from rich.table import Table
+
+        from fedlearn.reporting import contribution_table
+
+        out.print(contribution_table(history))
+        table = Table(title="Each data holder verifies its proofs on chain and claims")
+        for name in holders[0]:
+            table.add_column(name, justify="right")
+        for row in holders:
+            table.add_row(*(str(v) for v in row.values()))
+        out.print(table)
+        out.print(f"anyone can check a holder: fedlearn verify --run {run_dir} --client ADDRESS")
+
+
+def _demo_rewards(history: Any, *, run_dir: Path, clients: int) -> list[dict[str, Any]]:
+    """Each simulated holder verifies its records against the chain and claims its reward."""
+    from flwr.app import Context, RecordDict
+
+    from fedlearn.attestation.bundle import claim_rewards, verify_client
+    from fedlearn.attestation.client_mod import simulated_wallet
+    from fedlearn.attestation.session import TOKEN_DECIMALS, run_contracts
+
+    chain, contracts = run_contracts(run_dir)
+    rows = []
+    try:
+        for partition in range(clients):
+            context = Context(
+                run_id=0,
+                node_id=0,
+                node_config={"partition-id": partition},
+                state=RecordDict(),
+                run_config={},
+            )
+            account = simulated_wallet(run_dir / "holders" / "wallets.secret", context)
+            rounds = verify_client(run_dir=run_dir, address=account.address, contracts=contracts)
+            chain.ensure_gas(account.address)
+            claimed = claim_rewards(run_dir=run_dir, account=account, contracts=contracts)
+            rows.append(
+                {
+                    "client": partition,
+                    "address": account.address,
+                    "verified rounds": f"{len(rounds)}/{len(history.rounds)}",
+                    "claimed (FLR)": round(claimed.total / 10**TOKEN_DECIMALS, 2),
+                    "balance (FLR)": round(
+                        contracts.token_balance(account.address) / 10**TOKEN_DECIMALS, 2
+                    ),
+                }
+            )
+    finally:
+        chain.close()
+    return rows
 
 
 @app.command("simulate")
@@ -377,6 +436,13 @@ def client(
         Path | None, typer.Option(help="Where your privacy ledger lives (default ~/.fedlearn).")
     ] = None,
     port: Annotated[int, typer.Option(help="Local port of this node's runtime API (0: any).")] = 0,
+    wallet_keystore: Annotated[
+        Path | None,
+        typer.Option(
+            help="Your wallet keystore (signs your updates in attested runs; password in "
+            "$FEDLEARN_WALLET_PASSWORD). Default: $FEDLEARN_WALLET_KEY."
+        ),
+    ] = None,
 ) -> None:
     """Join a federation as a data holder: train on your own file; the data never leaves.
 
@@ -453,13 +519,148 @@ def client(
             epsilon_budget=epsilon_budget,
             delta=delta if epsilon_budget is not None else None,
             ledger_dir=ledger_dir,
+            wallet_keystore=wallet_keystore,
         )
     except ValueError as exc:
         raise _fail(str(exc)) from None
+    if wallet_keystore is not None:
+        from fedlearn.attestation.signing import WalletError, load_wallet
+
+        try:
+            err.print(f"wallet {load_wallet(keystore=wallet_keystore).address} signs your updates")
+        except WalletError as exc:
+            raise _fail(str(exc), "check the keystore and $FEDLEARN_WALLET_PASSWORD") from None
     home = Path(os.environ.get("FLWR_HOME", Path.home() / ".flwr"))
     err.print(f"joining {superlink} with {data} (raw data stays on this machine)")
     # Become the SuperNode: whoever started `fedlearn client` owns its PID.
     os.execve(cmd[0], cmd, flower_process_env(home))
+
+
+_RUN_HELP = "The run directory (it holds the published attestation bundles)."
+_CHAIN_HELP = "JSON-RPC URL of the chain (default: the run's own chain)."
+
+
+@app.command()
+def verify(
+    run: Annotated[Path, typer.Option(help=_RUN_HELP)],
+    client: Annotated[str, typer.Option(help="The client's wallet address.")],
+    chain: Annotated[str | None, typer.Option(help=_CHAIN_HELP)] = None,
+) -> None:
+    """Check a client's published records against the roots on chain (anyone can)."""
+    from rich.table import Table
+
+    from fedlearn.attestation.bundle import verify_bundles
+    from fedlearn.attestation.chain import ChainError
+    from fedlearn.attestation.session import TOKEN_DECIMALS, run_contracts
+
+    try:
+        opened, contracts = run_contracts(run, chain=chain)
+    except (FileNotFoundError, ConfigError, ChainError, ValueError) as exc:
+        raise _fail(str(exc), "give the run directory of an attested run (and --chain)") from None
+    try:
+        report = verify_bundles(run_dir=run, address=client, contracts=contracts)
+    except (FileNotFoundError, ChainError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    finally:
+        opened.close()
+    table = Table(title=f"{client} in {run}")
+    for name in ("round", "score", "examples", "ε", "reward (FLR)", "proof"):
+        table.add_column(name, justify="right")
+    for number in sorted({*report.verified, *report.failures}):
+        if number in report.leaves:
+            leaf, _ = report.leaves[number]
+            table.add_row(
+                str(number),
+                f"{leaf.score / 1e6:.4g}",
+                str(leaf.examples),
+                "–" if leaf.epsilon_micro >= 2**255 else f"{leaf.epsilon_micro / 1e6:.3f}",
+                f"{leaf.amount / 10**TOKEN_DECIMALS:,.2f}",
+                "[green]verified on chain[/]",
+            )
+        else:
+            table.add_row(str(number), "", "", "", "", f"[red]{report.failures[number]}[/]")
+    out.print(table)
+    if report.failures:
+        raise _fail(f"{len(report.failures)} round(s) do not verify (see the table)")
+    if not report.verified:
+        raise _fail(f"no attested record of {client} in {run}")
+
+
+@app.command()
+def claim(
+    run: Annotated[Path, typer.Option(help=_RUN_HELP)],
+    keystore: Annotated[
+        Path | None,
+        typer.Option(help="Your wallet keystore (password in $FEDLEARN_WALLET_PASSWORD)."),
+    ] = None,
+    chain: Annotated[str | None, typer.Option(help=_CHAIN_HELP)] = None,
+) -> None:
+    """Claim your rewards: one transaction per verified, unclaimed round.
+
+    The wallet is the one that signed your updates: --keystore, else
+    $FEDLEARN_WALLET_KEY. Already-claimed rounds are skipped.
+    """
+    from fedlearn.attestation.bundle import claim_rewards
+    from fedlearn.attestation.chain import ChainError
+    from fedlearn.attestation.session import TOKEN_DECIMALS, run_contracts
+    from fedlearn.attestation.signing import WalletError, load_wallet
+
+    try:
+        account = load_wallet(keystore=keystore)
+    except WalletError as exc:
+        raise _fail(str(exc)) from None
+    try:
+        opened, contracts = run_contracts(run, chain=chain)
+    except (FileNotFoundError, ConfigError, ChainError, ValueError) as exc:
+        raise _fail(str(exc), "give the run directory of an attested run (and --chain)") from None
+    try:
+        opened.ensure_gas(account.address)
+        report = claim_rewards(run_dir=run, account=account, contracts=contracts)
+        balance = contracts.token_balance(account.address)
+    except (FileNotFoundError, ChainError, ValueError) as exc:
+        raise _fail(str(exc), "rerun `fedlearn claim` to claim what is left") from None
+    finally:
+        opened.close()
+    for number, amount in sorted(report.amounts.items()):
+        out.print(f"round {number}: claimed {amount / 10**TOKEN_DECIMALS:,.2f} FLR")
+    if report.skipped:
+        out.print(f"already claimed or nothing to claim: rounds {report.skipped}")
+    for number, reason in sorted(report.failures.items()):
+        err.print(f"[red]round {number} not claimed: {reason}[/]")
+    out.print(f"{account.address} holds {balance / 10**TOKEN_DECIMALS:,.2f} FLR")
+    if report.failures:
+        raise typer.Exit(1)
+
+
+@app.command()
+def attest(
+    run: Annotated[Path, typer.Option(help=_RUN_HELP)],
+    chain: Annotated[str | None, typer.Option(help=_CHAIN_HELP)] = None,
+    seconds: Annotated[float, typer.Option(help="How long to keep retrying.")] = 60.0,
+) -> None:
+    """Post the attestations still waiting in a run's outbox (coordinator key from the env)."""
+    from fedlearn.attestation.chain import ChainError
+    from fedlearn.attestation.outbox import Outbox, OutboxError
+    from fedlearn.attestation.session import coordinator_account, run_contracts
+    from fedlearn.attestation.signing import WalletError
+
+    try:
+        cfg = RunConfig.load(run / "config.toml").attestation
+        coordinator = coordinator_account(cfg, run)
+        opened, contracts = run_contracts(run, chain=chain, coordinator=coordinator)
+    except (FileNotFoundError, ConfigError, ChainError, WalletError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    outbox = Outbox(path=run / "attestations" / "outbox.sqlite")
+    try:
+        result = outbox.flush(contracts, deadline=seconds)
+    except (OutboxError, ChainError) as exc:
+        raise _fail(str(exc)) from None
+    finally:
+        outbox.close()
+        opened.close()
+    out.print(f"posted rounds {[r for _, r in result.confirmed]}; {len(result.pending)} pending")
+    if result.pending:
+        raise _fail(f"still pending: {result.error}", "try again when the chain is reachable")
 
 
 def main() -> None:

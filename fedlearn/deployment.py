@@ -119,6 +119,7 @@ def supernode_command(
     epsilon_budget: float | None = None,
     delta: float | None = None,
     ledger_dir: Path | None = None,
+    wallet_keystore: Path | None = None,
 ) -> list[str]:
     """The ``flower-supernode`` command line of one data holder.
 
@@ -141,6 +142,11 @@ def supernode_command(
         if "'" in ledger:
             raise ValueError("the ledger directory must not contain a single quote (')")
         node_config += f" ledger-dir='{ledger}'"
+    if wallet_keystore is not None:
+        keystore = str(wallet_keystore.resolve())
+        if "'" in keystore:
+            raise ValueError("the wallet keystore path must not contain a single quote (')")
+        node_config += f" wallet-keystore='{keystore}'"
     cmd = [
         str(_BIN / "flower-supernode"),
         "--superlink",

@@ -12,7 +12,7 @@ from rich.table import Table
 from fedlearn.history import History, RoundRecord
 from fedlearn.server_app import RoundCallback
 
-__all__ = ["round_progress", "round_table"]
+__all__ = ["contribution_table", "round_progress", "round_table"]
 
 
 def _fmt(value: float | None, spec: str = ".4f") -> str:
@@ -61,6 +61,10 @@ def round_table(history: History, *, title: str = "Rounds") -> Table:
     columns = ["round", "accuracy", "loss", "fed. acc.", "time (s)", "bytes sent", "clients"]
     columns += ["ε client (max)"] if private else []
     columns += ["ε central"] if central else []
+    secure = any(r.secure for r in history.rounds)
+    attested = any(r.attestation for r in history.rounds)
+    columns += ["secure"] if secure else []
+    columns += ["chain"] if attested else []
     for name in columns:
         table.add_column(name, justify="right")
     for r in history.rounds:
@@ -78,5 +82,48 @@ def round_table(history: History, *, title: str = "Rounds") -> Table:
             row.append(_fmt(r.max_client_epsilon, ".3f"))
         if central:
             row.append(_fmt(r.central_privacy.get("epsilon"), ".3f"))
+        if secure:
+            row.append(
+                f"{r.secure.get('mode', '–')} ({r.secure.get('contributors', 0)})"
+                if r.secure
+                else "–"
+            )
+        if attested:
+            row.append(_chain_status(r))
         table.add_row(*row)
+    return table
+
+
+def _chain_status(record: RoundRecord) -> str:
+    if not record.attestation:
+        return "–"
+    if record.attestation.get("confirmed"):
+        return "confirmed"
+    return "outbox" if not record.attestation.get("error") else "outbox (chain down)"
+
+
+def contribution_table(history: History, *, decimals: int = 18) -> Table:
+    """One row per attested client: rounds, scores, ε and the reward it can claim."""
+    table = Table(title="Contributions (attested on chain)")
+    for name in ("client", "rounds", "mean score", "last score", "ε", "reward (FLR)"):
+        table.add_column(name, justify="left" if name == "client" else "right")
+    clients: dict[str, list[dict[str, object]]] = {}
+    method = ""
+    for record in history.rounds:
+        method = str(record.attestation.get("scoring", method))
+        for entry in record.contributions.values():
+            clients.setdefault(str(entry["address"]), []).append(entry)
+    for address, entries in sorted(clients.items()):
+        scores = [float(e["score"]) for e in entries]  # type: ignore[arg-type]
+        reward = sum(int(str(e["reward"])) for e in entries) / 10**decimals
+        epsilon = entries[-1].get("epsilon")
+        table.add_row(
+            f"{address[:10]}…{address[-4:]}",
+            str(len(entries)),
+            f"{sum(scores) / len(scores):.4g}",
+            f"{scores[-1]:.4g}",
+            "–" if epsilon is None else f"{float(epsilon):.3f}",  # type: ignore[arg-type]
+            f"{reward:,.2f}",
+        )
+    table.caption = f"scores: {method}"
     return table

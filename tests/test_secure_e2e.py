@@ -20,7 +20,7 @@ from fedlearn.simulation import simulate
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
-def test_demo_runs_local_dp_under_ckks_by_default(tmp_path: Path) -> None:
+def test_demo_runs_local_dp_under_ckks_and_attests_by_default(tmp_path: Path) -> None:
     run_dir = tmp_path / "demo"
     done = subprocess.run(
         [sys.executable, "-c", "from fedlearn.cli import main; main()", "demo",
@@ -36,6 +36,11 @@ def test_demo_runs_local_dp_under_ckks_by_default(tmp_path: Path) -> None:
         assert record.applied and record.secure["mode"] == "ckks"
         assert record.secure["contributors"] == 4
         assert len(record.privacy) == 4  # every holder's ledger entry, under encryption too
+        assert record.attestation["confirmed"] and len(record.contributions) == 4
+    # Every holder verified both rounds against the embedded chain and claimed its reward.
+    assert [h["verified rounds"] for h in summary["rewards"]] == ["2/2"] * 4
+    assert all(h["claimed (FLR)"] == h["balance (FLR)"] > 0 for h in summary["rewards"])
+    assert sum(h["claimed (FLR)"] for h in summary["rewards"]) <= 2 * 1000
 
 
 def test_secagg_plus_with_distributed_dp_on_the_simulation_engine(tmp_path: Path) -> None:

@@ -266,6 +266,10 @@ class RoundAttestation(Strategy):
         scored = self.scoring.last_scores if self.scoring is not None else None
         if scored is not None and all(n in scored.scores for n in contributors):
             return {n: scored.scores[n] for n in contributors}, scored.method, scored.evaluations
+        if self.secure is not None and contributors:
+            aligned = self.secure.last_report.scores  # computed without revealing an update
+            if all(n in aligned for n in contributors):
+                return {n: aligned[n] for n in contributors}, "alignment (secure)", 0
         # No per-update score: the attested, capped example count of each contributor.
         return (
             {n: float(min(_examples(by_node[n]), self.max_examples)) for n in contributors},

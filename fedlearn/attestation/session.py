@@ -34,6 +34,7 @@ __all__ = [
     "AttestationSession",
     "coordinator_account",
     "open_chain",
+    "run_contracts",
 ]
 
 log = logging.getLogger(__name__)
@@ -129,3 +130,34 @@ class AttestationSession:
         """Close the outbox and the chain (the embedded chain's journal is already on disk)."""
         self.outbox.close()
         self.chain.close()
+
+
+def run_contracts(
+    run_dir: Path, *, chain: str | None = None, coordinator: LocalAccount | None = None
+) -> tuple[Chain, Contracts]:
+    """Attach to a run's deployed contracts (for ``verify``, ``claim``, ``attest``).
+
+    ``chain`` defaults to the run's own (``RUN_DIR/config.toml``); close the
+    returned chain when done.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the run was not attested (no ``attestations/deployment.json``).
+    """
+    from fedlearn.config import RunConfig
+
+    deployment = run_dir / "attestations" / "deployment.json"
+    if not deployment.exists():
+        raise FileNotFoundError(
+            f"{run_dir} has no attestations (no {deployment}); was attestation.enabled set?"
+        )
+    cfg = RunConfig.load(run_dir / "config.toml").attestation
+    if chain is not None:
+        cfg = AttestationConfig(**{**cfg.__dict__, "chain": chain})
+    opened = open_chain(cfg, run_dir)
+    try:
+        return opened, Contracts.load(chain=opened, path=deployment, coordinator=coordinator)
+    except BaseException:
+        opened.close()
+        raise

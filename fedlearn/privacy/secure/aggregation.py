@@ -70,6 +70,7 @@ class SecureRoundReport:
     mode: str = ""
     contributors: list[int] = field(default_factory=list)
     dropped: dict[int, str] = field(default_factory=dict)
+    scores: dict[int, float] = field(default_factory=dict)
     aborted: str = ""
     setup_seconds: float = 0.0
     aggregate_seconds: float = 0.0
@@ -247,6 +248,7 @@ class SecureAggregation(Strategy):
             report.aggregate_seconds = time.perf_counter() - started
         report.contributors = list(total.contributors)
         report.dropped.update(total.dropped)
+        report.scores = dict(total.scores)
         model = ArrayRecord(
             {k: Array((g + update[k]).astype(g.dtype, copy=False)) for k, g in self._global.items()}
         )

@@ -74,11 +74,17 @@ class SecureSum:
         Node ids whose vector is in the sum, sorted.
     dropped : dict[int, str]
         Nodes that replied but were left out during aggregation, with why.
+    scores : dict[int, float]
+        Per-contributor alignment scores, for modes that can compute them
+        without revealing an update: ``<x_k, s> / <s, s>`` where ``x_k`` is
+        contributor k's vector and ``s`` the revealed sum, both without the
+        weight slot (they sum to 1). Empty when the mode cannot score.
     """
 
     vector: NDArray[np.float64]
     contributors: tuple[int, ...]
     dropped: dict[int, str] = field(default_factory=dict)
+    scores: dict[int, float] = field(default_factory=dict)
 
 
 class ServerProtocol(abc.ABC):
