@@ -204,3 +204,49 @@ def test_chain_outage_delays_attestations_and_loses_none(
         chain.close()
     finally:
         node.stop()
+
+
+def test_verify_claim_and_attest_commands(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from fedlearn.cli import app
+
+    run_dir = tmp_path / "run"
+    history = _run(run_dir, _config(secure={"mode": "secagg+"}))
+    account = _wallet(run_dir, 1)
+    runner = CliRunner()
+
+    verified = runner.invoke(app, ["verify", "--run", str(run_dir), "--client", account.address])
+    assert verified.exit_code == 0, verified.output
+    assert verified.output.count("verified on chain") == len(history.rounds)
+
+    claimed = runner.invoke(
+        app, ["claim", "--run", str(run_dir)], env={"FEDLEARN_WALLET_KEY": account.key.hex()}
+    )
+    assert claimed.exit_code == 0, claimed.output
+    expected = sum(
+        int(c["reward"])
+        for r in history.rounds
+        for c in r.contributions.values()
+        if c["address"] == account.address
+    )
+    assert f"holds {expected / 10**TOKEN_DECIMALS:,.2f} FLR" in claimed.output
+    again = runner.invoke(
+        app, ["claim", "--run", str(run_dir)], env={"FEDLEARN_WALLET_KEY": account.key.hex()}
+    )
+    assert again.exit_code == 0 and "already claimed" in again.output
+
+    # Nothing waits in the outbox; posting again sends nothing.
+    posted = runner.invoke(app, ["attest", "--run", str(run_dir)])
+    assert posted.exit_code == 0 and "0 pending" in posted.output
+
+    # A tampered bundle (a higher score) no longer verifies, and the command says which round.
+    bundle_file = run_dir / "attestations" / "round-000002.json"
+    bundle = json.loads(bundle_file.read_text())
+    for leaf in bundle["leaves"]:
+        if leaf["client"] == account.address:
+            leaf["score"] = str(int(leaf["score"]) * 10)
+    bundle_file.write_text(json.dumps(bundle))
+    tampered = runner.invoke(app, ["verify", "--run", str(run_dir), "--client", account.address])
+    assert tampered.exit_code == 2  # what every refused command exits with
+    assert "do not verify" in tampered.output
