@@ -5,6 +5,13 @@ fixed-point encodings (so within ``n * 2**-17`` of the plaintext sum); one
 share alone is statistically independent of the vector; clients whose shares
 a party cannot use are dropped by every party while the others are summed
 exactly; a dead or hung party aborts the round, and close() leaves no process.
+
+Contribution scores computed inside MPC: each equals the fixed-point value
+``<X_k, S~> / <S, S~>`` (integers, recomputed here exactly) up to float64
+rounding, hence the plaintext ``<x_k, s> / <s, s>`` within the bound the mode
+documents; they add up to 1; only contributors are scored; the parties send
+the server nothing but the sum and the n scores; a failed scoring keeps the
+round's sum.
 """
 
 from __future__ import annotations
@@ -38,9 +45,20 @@ from fedlearn.privacy.secure.crypten_mode import (
     CryptenClient,
     CryptenServer,
     PartyPool,
+    _Channel,
     _PartyError,
 )
-from fedlearn.privacy.secure.crypten_party import FrameError, read_frame, share_label, write_frame
+from fedlearn.privacy.secure.crypten_party import (
+    MIN_SCORE_BITS,
+    SCORE_HEADROOM_BITS,
+    FrameError,
+    ScorePlan,
+    local_dot,
+    read_frame,
+    score_plan,
+    share_label,
+    write_frame,
+)
 from fedlearn.privacy.secure.envelope import generate_keypair, open_envelope
 from tests.flower_messages import instruction, serverapp_identity
 from tests.loopback_grid import LoopbackGrid, node_context
@@ -76,6 +94,43 @@ def _assert_is_sum(result: SecureSum, vectors: dict[int, np.ndarray]) -> None:
     assert error <= len(chosen) * 2.0**-17, error
 
 
+def _ring_dot(a: np.ndarray, b: np.ndarray) -> int:
+    """Exact integer dot product of two int64 vectors (no wrap)."""
+    return int(np.dot(a.astype(object), b.astype(object)))
+
+
+def _assert_scores(result: SecureSum, vectors: dict[int, np.ndarray], bits: int | None) -> None:
+    """The scores are <X_k, S~> / <S, S~> exactly (up to float64) and near the plaintext."""
+    assert bits is not None and MIN_SCORE_BITS <= bits <= PRECISION_BITS
+    assert set(result.scores) == set(result.contributors)
+    total = np.rint(result.vector * SCALE).astype(np.int64)[:-1]  # S: the revealed ring sum
+    shift = PRECISION_BITS - bits
+    # s~ = round(s * 2**bits), halves up, recomputed independently of the parties' code
+    half = (1 << shift) >> 1
+    weights = np.array([(int(v) + half) >> shift for v in total], dtype=np.int64)
+    norm = _ring_dot(total, weights)
+    assert 0 < norm < 2 ** (62 - SCORE_HEADROOM_BITS)
+    s = result.vector[:-1]
+    s_tilde = weights / 2.0**bits
+    inner = float(np.dot(s, s_tilde))  # <s, s~>
+    for node, score in result.scores.items():
+        x = vectors[node][:-1]
+        product = _ring_dot(np.rint(x * SCALE).astype(np.int64), weights)
+        exact = product / norm  # what the parties compute, before float64 rounding
+        assert abs(score - exact) <= 1e-14 * max(1.0, abs(exact)), (node, score, exact)
+        # the documented bound against the plaintext <x_k, s> / <s, s>
+        plain = float(np.dot(x, s) / np.dot(s, s))
+        half_step = 2.0 ** -(bits + 1) if bits < PRECISION_BITS else 0.0
+        bound = (
+            2.0**-17 * np.abs(s_tilde).sum()
+            + half_step * (np.abs(x).sum() + abs(plain) * np.abs(s).sum())
+        ) / inner
+        assert abs(score - plain) <= bound + 1e-12, (node, score, plain, bound)
+    assert abs(sum(result.scores.values()) - 1.0) <= 1e-12 * max(
+        1.0, max(abs(v) for v in result.scores.values())
+    )
+
+
 def _round(
     server: CryptenServer,
     vectors: dict[int, np.ndarray],
@@ -100,6 +155,7 @@ def _round(
         return Message(content, reply_to=msg)
 
     grid = LoopbackGrid(dict.fromkeys(vectors, handler))
+    length = len(next(iter(vectors.values())))
     with serverapp_identity():
         records = server.setup(grid, server_round=server_round, node_ids=list(vectors), timeout=10)
         assert sorted(records) == sorted(vectors)
@@ -108,7 +164,7 @@ def _round(
     if before_aggregate is not None:
         before_aggregate()
     return server.aggregate(
-        grid, server_round=server_round, replies=replies, length=LENGTH, timeout=timeout
+        grid, server_round=server_round, replies=replies, length=length, timeout=timeout
     )
 
 
@@ -168,6 +224,10 @@ def test_sum_of_ten_clients_is_the_plaintext_sum(parties: dict[str, Any], m: int
     result = _round(server, vectors, server_round=1)
     _assert_is_sum(result, vectors)
     assert result.dropped == {}
+    # |s| is about 3e4 here: s~ keeps fewer than 16 fractional bits
+    assert server.last_scoring_error == ""
+    assert server.last_score_bits is not None and server.last_score_bits < PRECISION_BITS
+    _assert_scores(result, vectors, server.last_score_bits)
     # the pool serves the next round (fresh labels, fresh shares)
     _assert_is_sum(_round(server, vectors, server_round=2), vectors)
     if server is not shared:
@@ -239,6 +299,8 @@ def test_bad_clients_are_dropped_and_the_rest_summed(parties: dict[str, Any]) ->
     assert "unknown parties ['share-3']" in result.dropped[6]
     assert "error" in result.dropped[7]
     _assert_is_sum(result, {n: vectors[n] for n in (1, 8, 9, 10)})
+    assert set(result.scores) == {1, 8, 9, 10}  # dropped and failed clients get no score
+    _assert_scores(result, vectors, server.last_score_bits)
 
 
 def test_parties_refuse_a_sum_of_one_client(parties: dict[str, Any]) -> None:
@@ -311,6 +373,209 @@ def test_one_share_alone_is_uniform_and_independent_of_the_vector() -> None:
     assert blob_bytes(again["share-0"]) != blob_bytes(record["share-0"])
 
 
+def _update_like(n: int, *, seed: int, length: int = LENGTH) -> dict[int, np.ndarray]:
+    """Small, mostly aligned updates (as weighted model deltas are): |s| < 1024, s~ = s."""
+    rng = np.random.default_rng(seed)
+    direction = rng.normal(scale=0.01, size=length)
+    out = {}
+    for node in range(1, n + 1):
+        vector = direction + rng.normal(scale=0.01, size=length)
+        vector[-1] = rng.uniform(0.1, 1.0)
+        out[node] = vector
+    return out
+
+
+class _FrameLog:
+    """Records every frame the server receives from a party (monkeypatched receive)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.frames: list[tuple[int, dict[str, Any], list[bytes]]] = []
+        original = _Channel.receive
+
+        def receive(
+            channel: _Channel, deadline: float, expect: Any, seq: int | None
+        ) -> tuple[dict[str, Any], list[bytes]]:
+            header, blobs = original(channel, deadline, expect, seq)
+            self.frames.append((channel.index, header, blobs))
+            return header, blobs
+
+        monkeypatch.setattr(_Channel, "receive", receive)
+
+
+def test_scores_of_a_negated_update_and_what_the_parties_send(
+    parties: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server: CryptenServer = parties["m2"]
+    vectors = _update_like(6, seed=21)
+    weight = vectors[6][-1]
+    vectors[6] = -np.mean([vectors[n] for n in range(1, 6)], axis=0)  # against the others
+    vectors[6][-1] = weight
+    log = _FrameLog(monkeypatch)
+    result = _round(server, vectors, server_round=7)
+    _assert_is_sum(result, vectors)
+    assert server.last_score_bits == PRECISION_BITS  # |s| is small: s~ = s exactly
+    _assert_scores(result, vectors, PRECISION_BITS)
+    assert result.scores[6] < -0.1
+    assert all(result.scores[n] > 0.1 for n in range(1, 6))
+    # All the parties told the server: the sum and the six scores, nothing else.
+    n, allowed = len(vectors), {"type", "round", "seq", "nodes", "failed", "bits"}
+    kinds = {(index, header["type"]) for index, header, _ in log.frames}
+    assert kinds == {(0, "opened"), (1, "opened"), (0, "sum"), (1, "revealed")} | {
+        (0, "scores"),
+        (1, "scored"),
+    }
+    sent = 0
+    for index, header, blobs in log.frames:
+        assert set(header) <= allowed, header
+        assert header.get("failed", {}) == {}
+        assert header.get("nodes", list(result.contributors)) == list(result.contributors)
+        if index != 0 or header["type"] == "opened":
+            assert blobs == []
+        elif header["type"] == "sum":
+            assert [len(b) for b in blobs] == [8 * LENGTH]
+            np.testing.assert_array_equal(np.frombuffer(blobs[0], "<f8"), result.vector)
+        else:
+            assert header == {
+                "type": "scores",
+                "round": 7,
+                "nodes": [1, 2, 3, 4, 5, 6],
+                "bits": PRECISION_BITS,
+                "seq": header["seq"],
+            }
+            assert [len(b) for b in blobs] == [8 * n]
+            assert np.frombuffer(blobs[0], "<f8").tolist() == [
+                result.scores[k] for k in range(1, 7)
+            ]
+        sent += sum(len(b) for b in blobs)
+    assert sent == 8 * LENGTH + 8 * n
+    # without scoring the parties send the sum only (and keep nothing)
+    log.frames.clear()
+    quiet = CryptenServer(parties=server.pool, score=False)
+    unscored = _round(quiet, vectors, server_round=8)
+    _assert_is_sum(unscored, vectors)
+    assert unscored.scores == {} and quiet.last_scoring_error == ""
+    assert sum(len(b) for _, _, blobs in log.frames for b in blobs) == 8 * LENGTH
+    assert {h["type"] for _, h, _ in log.frames} == {"opened", "sum", "revealed"}
+
+
+def test_a_sum_that_cannot_be_scored_keeps_the_round(parties: dict[str, Any]) -> None:
+    server = CryptenServer(parties=parties["m3"])
+    rng = np.random.default_rng(4)
+    huge = {n: np.full(LENGTH, 1e4) + rng.normal(size=LENGTH) for n in range(1, 11)}
+    result = _round(server, huge, server_round=9)  # <s, s> = 2000 * 1e10 > 2**36
+    _assert_is_sum(result, huge)
+    assert result.scores == {} and server.last_score_bits is None
+    assert "too large to score" in server.last_scoring_error
+    cancelling = {1: huge[1].copy(), 2: -huge[1]}
+    cancelling[2][-1] = 1.0  # the sum is zero but for the weight slot
+    result = _round(server, cancelling, server_round=10)
+    _assert_is_sum(result, cancelling)
+    assert result.scores == {} and "sum is zero" in server.last_scoring_error
+    # s = (1, 0, ...): <X_1, S> = 2**31 * 2**32 = 2**63 wraps, <X_2, S> does not (score -2**31 + 1)
+    wrapping = {1: np.zeros(LENGTH), 2: np.zeros(LENGTH)}
+    wrapping[1][0], wrapping[2][0] = 2.0**31, 1.0 - 2.0**31
+    wrapping[1][-1] = wrapping[2][-1] = 0.5
+    result = _round(server, wrapping, server_round=11)
+    _assert_is_sum(result, wrapping)
+    assert result.scores == {} and "wrapped around" in server.last_scoring_error
+    assert server.pool.healthy()
+    vectors = _update_like(3, seed=2)
+    result = _round(server, vectors, server_round=12)
+    _assert_scores(result, vectors, server.last_score_bits)
+
+
+def test_parties_score_only_the_sum_just_revealed(parties: dict[str, Any]) -> None:
+    server: CryptenServer = parties["m2"]
+    pool = server.pool
+    vectors = _update_like(3, seed=8)
+    client = CryptenClient()
+    envelopes: list[list[bytes]] = [[], []]
+    with serverapp_identity():
+        setup = server.setup(LoopbackGrid({}), server_round=12, node_ids=[1, 2, 3], timeout=5)
+    for node in (1, 2, 3):
+        msg = instruction(setup[node], node_id=node)
+        record = client.protect(vectors[node], msg, node_context(node))
+        for i in range(2):
+            envelopes[i].append(blob_bytes(record[f"share-{i}"]))
+    base = {"round": 12, "length": LENGTH, "nodes": [1, 2, 3]}
+    deadline = time.monotonic() + 30
+
+    def exchange(kind: str, expect: list[str], **fields: Any) -> list[Any]:
+        return pool.exchange(
+            [
+                ({"type": kind, **base, **fields}, envelopes[i] if kind == "open" else [])
+                for i in range(2)
+            ],
+            expect=expect,
+            deadline=deadline,
+        )
+
+    # a score request with no reveal before it, or after a reveal without scoring
+    exchange("open", ["opened"])
+    with pytest.raises(_PartyError, match="just revealed with scoring"):
+        exchange("score", ["scores", "scored"])
+    exchange("open", ["opened"])
+    exchange("reveal", ["sum", "revealed"], score=False)
+    with pytest.raises(_PartyError, match="just revealed with scoring"):
+        exchange("score", ["scores", "scored"])
+    # the server asks for the scores of a subset (or a superset) of the contributors
+    for nodes in ([1, 2], [1, 2, 3, 4]):
+        exchange("open", ["opened"])
+        exchange("reveal", ["sum", "revealed"], score=True)
+        with pytest.raises(_PartyError, match="just revealed with scoring"):
+            exchange("score", ["scores", "scored"], nodes=nodes)
+        # that attempt dropped the shares: no second chance
+        with pytest.raises(_PartyError, match="just revealed with scoring"):
+            exchange("score", ["scores", "scored"])
+    # another request in between drops them too
+    exchange("open", ["opened"])
+    exchange("reveal", ["sum", "revealed"], score=True)
+    exchange("open", ["opened"])
+    with pytest.raises(_PartyError, match="just revealed with scoring"):
+        exchange("score", ["scores", "scored"])
+    # once and in order, it works
+    exchange("reveal", ["sum", "revealed"], score=True)
+    answers = exchange("score", ["scores", "scored"])
+    assert answers[0][0]["type"] == "scores" and answers[1] == (
+        {"type": "scored", "round": 12, "seq": answers[1][0]["seq"]},
+        [],
+    )
+    with pytest.raises(_PartyError, match="just revealed with scoring"):
+        exchange("score", ["scores", "scored"])
+    assert pool.healthy()  # refusals keep the parties in step
+
+
+def test_scoring_time_for_ten_clients_of_100k_values(parties: dict[str, Any]) -> None:
+    """The extra time of scoring, M = 2 (printed; run with -s to see it)."""
+    pool = parties["m2"].pool
+    length = 100_001
+    vectors = _update_like(10, seed=3, length=length)
+    aggregate: dict[bool, list[float]] = {False: [], True: []}
+    exchange: list[float] = []
+    for repeat in range(3):
+        for score in (False, True):
+            server = CryptenServer(parties=pool, score=score)
+            started: list[float] = []
+
+            def mark(started: list[float] = started) -> None:
+                started.append(time.perf_counter())
+
+            result = _round(
+                server, vectors, server_round=20 + 2 * repeat + score, before_aggregate=mark
+            )
+            aggregate[score].append(time.perf_counter() - started[0])
+            if score:
+                _assert_scores(result, vectors, server.last_score_bits)
+                exchange.append(server.last_score_seconds)
+    plain, scored = float(np.median(aggregate[False])), float(np.median(aggregate[True]))
+    print(
+        f"10 clients x {length - 1} values, M=2: aggregate() {plain * 1e3:.0f} ms without "
+        f"scoring, {scored * 1e3:.0f} ms with (+{(scored - plain) * 1e3:.0f} ms); "
+        f"the score exchange itself {float(np.median(exchange)) * 1e3:.1f} ms"
+    )
+    assert float(np.median(exchange)) < 5.0
+
+
 def test_killed_or_hung_party_aborts_and_close_leaves_nothing(parties: dict[str, Any]) -> None:
     server: CryptenServer = parties["m2"]
     vectors = _vectors(4, seed=13)
@@ -324,13 +589,31 @@ def test_killed_or_hung_party_aborts_and_close_leaves_nothing(parties: dict[str,
         )
     # an owned pool is replaced by fresh parties at the next setup
     _assert_is_sum(_round(server, vectors, server_round=2), vectors)
+    # a party that dies while scoring costs the scores, not the round's sum
+    dying = server.pool.pids
+    original = server._scores
+
+    def kill_then_score(base: dict[str, Any], deadline: float) -> dict[int, float]:
+        os.kill(dying[1], signal.SIGKILL)
+        return original(base, deadline)
+
+    server._scores = kill_then_score  # type: ignore[method-assign]
+    try:
+        result = _round(server, vectors, server_round=3)
+    finally:
+        del server._scores
+    _assert_is_sum(result, vectors)
+    assert result.scores == {} and "party 1" in server.last_scoring_error
+    assert not server.pool.healthy()
+    _assert_scores(_round(server, vectors, server_round=4), vectors, server.last_score_bits)
+    assert _gone(dying)
     second = server.pool.pids
     assert set(second).isdisjoint(first) and _gone(first)
     with pytest.raises(AggregationAbortedError, match=r"did not (answer|read the request) in time"):
         _round(
             server,
             vectors,
-            server_round=3,
+            server_round=5,
             timeout=3.0,
             before_aggregate=lambda: os.kill(second[0], signal.SIGSTOP),
         )
@@ -339,7 +622,7 @@ def test_killed_or_hung_party_aborts_and_close_leaves_nothing(parties: dict[str,
     print(f"close() with one hung party took {time.monotonic() - closing:.1f} s")
     assert _gone(second)
     with pytest.raises(AggregationAbortedError, match="closed"):
-        _round(server, vectors, server_round=4)
+        _round(server, vectors, server_round=6)
 
 
 # --- no parties needed below -------------------------------------------------------------
@@ -431,3 +714,56 @@ def test_frames_round_trip_and_reject_garbage() -> None:
             read_frame(io.BytesIO(garbage))
     with pytest.raises(EOFError, match="missing"):
         read_frame(io.BytesIO(framed(b'{"type":"x","blobs":[10]}') + b"abc"))
+
+
+def test_local_dots_add_up_to_the_ring_dot_product() -> None:
+    rng = np.random.default_rng(17)
+    length, parties = 5_000, 3
+    for scale in (1.0, 1e3, 1e9):  # the last one wraps the ring: still right mod 2**64
+        values = np.rint(rng.normal(scale=scale * SCALE, size=length)).astype(np.int64)
+        weights = rng.integers(-(2**40), 2**40, size=length, dtype=np.int64)
+        shares = [np.frombuffer(os.urandom(8 * length), np.uint64) for _ in range(parties - 1)]
+        shares.append(values.view(np.uint64) - sum(shares, np.zeros(length, np.uint64)))
+        total = sum(local_dot(share, weights) for share in shares)
+        exact = _ring_dot(values, weights)
+        assert (total - exact) % 2**64 == 0
+        assert all(-(2**63) <= local_dot(share, weights) < 2**63 for share in shares)
+    with pytest.raises(ValueError, match="shape"):
+        local_dot(np.zeros(3, np.uint64), np.zeros(4, np.int64))
+
+
+def test_score_plan_keeps_16_bits_until_the_ring_needs_fewer() -> None:
+    rng = np.random.default_rng(23)
+    small = np.rint(rng.normal(scale=0.5, size=10_000) * SCALE).astype(np.int64)
+    plan = score_plan(small)
+    assert isinstance(plan, ScorePlan) and plan.bits == PRECISION_BITS
+    np.testing.assert_array_equal(plan.weights, small)
+    assert plan.norm == _ring_dot(small, small)
+    previous = PRECISION_BITS
+    for scale in (20.0, 300.0, 2e3):  # |s| from about 2e3 to 2e5
+        total = np.rint(rng.normal(scale=scale, size=10_000) * SCALE).astype(np.int64)
+        plan = score_plan(total)
+        assert isinstance(plan, ScorePlan), plan
+        assert MIN_SCORE_BITS <= plan.bits < previous
+        previous = plan.bits
+        half = (1 << (PRECISION_BITS - plan.bits)) >> 1
+        expected = [(int(v) + half) >> (PRECISION_BITS - plan.bits) for v in total]
+        assert plan.weights.tolist() == expected  # round to nearest, halves up
+        assert plan.norm == _ring_dot(total, plan.weights)
+        assert plan.norm < 2 ** (62 - SCORE_HEADROOM_BITS)
+        # one bit more would not have fitted
+        finer = np.rint(total / 2.0 ** (PRECISION_BITS - plan.bits - 1))
+        assert float(np.dot(total.astype(float), finer)) > 2.0 ** (62 - SCORE_HEADROOM_BITS)
+    # halves, negative ones too, round up (towards +infinity): s~ keeps 6 bits here
+    ties = [k << 9 for k in range(-3, 4)]  # k / 2 at 6 bits (a shift by 10)
+    plan = score_plan(np.array([(1 << 30) - (1 << 20)] * 4 + ties, dtype=np.int64))
+    assert isinstance(plan, ScorePlan) and plan.bits == 6
+    assert plan.weights.tolist()[4:] == [-1, -1, 0, 0, 1, 1, 2]
+    for total, reason in [
+        (np.zeros(0, np.int64), "nothing to score"),
+        (np.zeros(5, np.int64), "sum is zero"),
+        (np.full(10, 2**18 * 2**16, np.int64), "too large to score"),
+    ]:
+        assert reason in str(score_plan(total))
+    with pytest.raises(TypeError):
+        score_plan(np.zeros(3))  # type: ignore[arg-type]

@@ -11,17 +11,59 @@ the envelopes; each party (a separate process, see
 shares, and the parties reveal only the sum through CrypTen
 (``MPCTensor.from_shares(...).reveal``).
 
+Contribution scores
+-------------------
+After the sum ``s`` the parties score every contributor inside MPC (on by
+default, ``CryptenServer(score=False)`` turns it off): the sum is revealed
+to every party (it is public anyway), each party multiplies its share of
+each contributor's vector with a fixed-point encoding ``s~`` of ``s`` (both
+without the weight slot) in the ring, and the parties reveal only those
+``n`` ring elements, to party 0, which divides them by ``<s, s~>``:
+``score_k = <x_k, s~> / <s, s~>`` (in :attr:`SecureSum.scores`, keyed by node
+id; they add up to 1). No update is revealed, only one scalar per
+contributor, and the server cannot choose the vector the updates are
+projected on: each party uses the sum it revealed itself. The parties drop
+the shares once scored (or at the next request, if the server does not ask
+for scores right after the sum).
+
+* **Precision.** ``s~ = s`` exactly (16 fractional bits, products at scale
+  2**32) while ``<s, s> <= 2**20`` (``|s| <= 1024``); for a larger sum ``s~``
+  keeps ``p < 16`` fractional bits (rounded to nearest), the most that keep
+  ``<S, S~> < 2**52`` (``S``, ``S~``: ``s``, ``s~`` as ring integers), so
+  that every product with ``|score_k| <= 2**10`` is exact (see
+  :func:`~fedlearn.privacy.secure.crypten_party.score_plan`). The parties
+  compute ``<x~_k, s~> / <s, s~>`` exactly up to float64 rounding, ``x~_k``
+  being the encoding of ``x_k`` (within ``2**-17`` per value); so with
+  ``r_k = <x_k, s> / <s, s>``,
+  ``|score_k - r_k| <= (2**-17 |s~|_1 + 2**-(p+1) (|x_k|_1 + |r_k| |s|_1)) / <s, s~>``:
+  ``2**-17 |s|_1 / <s, s>`` at ``p = 16``. The scores add up to 1 up to
+  float64 rounding.
+* **Not scored** (empty scores, a logged reason, the round goes on): a zero
+  sum, a sum with ``<s, s> >= 2**36`` (``|s| >= 2**18``: not even integer
+  resolution would be exact), products that do not add up to ``<S, S~>`` (a
+  wrap), a party that fails or refuses while scoring (for a pool this
+  server started, the next :meth:`CryptenServer.setup` replaces broken
+  parties).
+* **Limits.** A product wraps mod 2**64 only for ``|score_k| > 2**10``,
+  which takes contributors whose vectors cancel in the sum; a single wrap is
+  detected by the check above, wraps that cancel exactly are not. Such a
+  coalition can shift score among its members without any wrap anyway:
+  scores measure alignment with the sum, they do not authenticate updates.
+
 Trust model
 -----------
 * **Non-colluding parties.** Any ``M - 1`` shares of a client's vector are
   independent and uniformly distributed over the int64 ring, whatever the
   vector: a party, or any coalition of fewer than ``M`` parties, learns
   nothing about an individual update. Only the sum over the agreed
-  contributors is revealed (to party 0, which hands it to the server).
+  contributors is revealed (to party 0, which hands it to the server; to
+  every party when scoring) and, when scoring, one score per contributor
+  (to party 0, which hands them to the server).
 * **The server** is honest-but-curious: it holds the parties' public keys and
   sealed envelopes, never a private key or a share in the clear. It chooses
-  the contributor set (one reveal per round: the parties forget the shares
-  after it), so it could ask for the sum of a single client: the parties
+  the contributor set (one reveal per round, one scoring of the same set
+  right after it: then the parties forget the shares), so it could ask for
+  the sum of a single client: the parties
   refuse sums of fewer than ``min_contributors`` (default 2). They also
   check among themselves that they reveal the same set for the same round,
   and envelopes cannot be replayed into another run, round, node or party
@@ -58,6 +100,7 @@ Trust model
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import queue
 import secrets
@@ -106,6 +149,9 @@ _ENVELOPE_OVERHEAD = 60
 _KEY_BLOB = "party-key-{}"
 _SHARE_BLOB = "share-{}"
 _ERROR_CODE = 400
+#: Scoring may outlast the round's deadline by this much (it takes milliseconds).
+_SCORE_GRACE = 10.0
+_LOG = logging.getLogger(__name__)
 
 
 def _positive(name: str, value: Any) -> float:
@@ -427,12 +473,26 @@ class CryptenServer(ServerProtocol):
     min_contributors : int, optional
         Smallest sum the parties it starts will reveal (default 2); for a
         given pool it must match the pool's.
+    score : bool, default True
+        Have the parties compute each contributor's alignment score inside
+        MPC after the sum (see the module's "Contribution scores").
+
+    Attributes
+    ----------
+    last_score_bits : int or None
+        Fractional bits of ``s~`` in the last aggregation (``None`` if not scored).
+    last_score_seconds : float
+        Wall time of the last scoring exchange with the parties.
+    last_scoring_error : str
+        Why the last aggregation has no scores ("" when it has them, or
+        scoring is off).
 
     Notes
     -----
     If an exchange with the parties fails (a party died or hung), the round
     aborts and, for a pool this server started, the next :meth:`setup` starts
-    fresh parties (with new keys).
+    fresh parties (with new keys). If only scoring fails, the round keeps
+    its sum, without scores.
 
     Examples
     --------
@@ -450,7 +510,14 @@ class CryptenServer(ServerProtocol):
         start_timeout: float = 120.0,
         log_dir: str | Path | None = None,
         min_contributors: int | None = None,
+        score: bool = True,
     ) -> None:
+        if not isinstance(score, bool):
+            raise ValueError(f"score must be a bool, got {score!r}")
+        self.score = score
+        self.last_score_bits: int | None = None
+        self.last_score_seconds = 0.0
+        self.last_scoring_error = ""
         self._start_timeout = _positive("start_timeout", start_timeout)
         self._log_dir = log_dir
         if min_contributors is not None:
@@ -558,6 +625,7 @@ class CryptenServer(ServerProtocol):
         _count("server_round", server_round, 0)
         _count("length", length, 1)
         deadline = time.monotonic() + _positive("timeout", timeout)
+        self.last_score_bits, self.last_score_seconds, self.last_scoring_error = None, 0.0, ""
         if self._closed:
             raise AggregationAbortedError("the CrypTen server was closed")
         if not self._pool.healthy():
@@ -611,7 +679,8 @@ class CryptenServer(ServerProtocol):
                     f"(dropped: {dropped})"
                 )
             revealed = self._pool.exchange(
-                [({"type": "reveal", **base, "nodes": contributors}, [])] * self.parties,
+                [({"type": "reveal", **base, "nodes": contributors, "score": self.score}, [])]
+                * self.parties,
                 expect=["sum", "revealed"],
                 deadline=deadline,
             )
@@ -627,7 +696,54 @@ class CryptenServer(ServerProtocol):
             self._pool.broken = "party 0 returned a malformed sum"
             raise AggregationAbortedError(f"round {server_round} aborted: {self._pool.broken}")
         vector = np.frombuffer(blobs[0], dtype="<f8").astype(np.float64)
-        return SecureSum(vector=vector, contributors=tuple(contributors), dropped=dropped)
+        scores: dict[int, float] = {}
+        if self.score:
+            started = time.monotonic()
+            try:
+                scores = self._scores(
+                    {**base, "nodes": contributors},
+                    max(deadline, started + _SCORE_GRACE),
+                )
+            except _PartyError as exc:
+                self.last_scoring_error = f"the parties could not score: {exc}"
+            self.last_score_seconds = time.monotonic() - started
+            if self.last_scoring_error:
+                _LOG.warning(
+                    "round %d: no contribution scores: %s", server_round, self.last_scoring_error
+                )
+        return SecureSum(
+            vector=vector, contributors=tuple(contributors), dropped=dropped, scores=scores
+        )
+
+    def _scores(self, base: dict[str, Any], deadline: float) -> dict[int, float]:
+        """Ask the parties to score the contributors just summed (``{}`` with a reason if not)."""
+        answers = self._pool.exchange(
+            [({"type": "score", **base}, [])] * self.parties,
+            expect=["scores", "scored", "unscored"],
+            deadline=deadline,
+        )
+        header, blobs = answers[0]
+        nodes: list[int] = base["nodes"]
+        if header["type"] == "unscored":
+            self.last_scoring_error = str(header.get("reason"))
+            return {}
+        bits = header.get("bits")
+        if (
+            header["type"] != "scores"
+            or header.get("nodes") != nodes
+            or len(blobs) != 1
+            or len(blobs[0]) != 8 * len(nodes)
+            or isinstance(bits, bool)
+            or not isinstance(bits, int)
+        ):
+            self.last_scoring_error = f"party 0 returned malformed scores ({header})"
+            return {}
+        values = np.frombuffer(blobs[0], dtype="<f8")
+        if not np.all(np.isfinite(values)):
+            self.last_scoring_error = "party 0 returned scores that are not finite"
+            return {}
+        self.last_score_bits = bits
+        return {node: float(v) for node, v in zip(nodes, values, strict=True)}
 
     def close(self) -> None:
         """Stop the parties this server started (by PID, bounded waits)."""

@@ -23,14 +23,33 @@ echoes the request's ``seq`` number):
    the party opens each (label bound to run, round, node, party index, party
    count), checks it holds ``length`` int64 values and keeps the share; it
    answers ``{"type": "opened", "failed": {node: reason}}``;
-3. server -> party ``{"type": "reveal", "nodes": [...]}`` (the contributors all
-   parties could open): every party checks the set is a subset of what it
-   opened and has at least ``--min-contributors`` nodes (default 2), the
-   parties confirm to each other over the group that they agree on (run,
-   round, length, nodes), sum their shares with wrapping int64 arithmetic
-   and reveal only that sum, to party 0, through CrypTen; party 0 answers
-   ``{"type": "sum"}`` + the float64 sum, the others ``{"type": "revealed"}``;
-4. server -> party ``{"type": "stop"}``: leave the group and exit 0 (stdin
+3. server -> party ``{"type": "reveal", "nodes": [...], "score": bool}`` (the
+   contributors all parties could open): every party checks the set is a
+   subset of what it opened and has at least ``--min-contributors`` nodes
+   (default 2), the parties confirm to each other over the group that they
+   agree on (run, round, length, nodes, score), sum their shares with
+   wrapping int64 arithmetic and reveal only that sum through CrypTen: to
+   party 0 alone, or to every party when ``score`` is true (the sum is public:
+   the server learns it and the model it updates goes to every client).
+   Party 0 answers ``{"type": "sum"}`` + the float64 sum, the others
+   ``{"type": "revealed"}``. Without ``score`` the parties drop every share
+   now; with it they keep the contributors' shares and the revealed sum
+   until the next request;
+4. server -> party ``{"type": "score", "nodes": [...]}`` (only right after a
+   reveal with ``score``, for exactly its contributors; any other request
+   drops what the reveal kept): each party computes, with the sum ``s`` it
+   revealed itself (the server cannot substitute another vector), the local
+   dot product of its share of every contributor's vector with a
+   fixed-point encoding of ``s`` (both without the weight slot, see
+   :func:`score_plan`), the parties reveal only those ``n`` ring elements, to
+   party 0, and drop the shares. Party 0 answers ``{"type": "scores",
+   "nodes": [...], "bits": p}`` + ``n`` float64 scores ``<x_k, s~> / <s, s~>``
+   (``s~`` is ``s`` at ``p`` fractional bits; ``p = 16``, i.e. ``s~ = s``,
+   unless ``s`` is large), the others ``{"type": "scored"}``; every party
+   answers ``{"type": "unscored", "reason": ...}`` instead when the sum
+   cannot be scored (zero, or too large for the ring), and party 0 does when
+   its consistency check fails (a dot product wrapped around);
+5. server -> party ``{"type": "stop"}``: leave the group and exit 0 (stdin
    closing does the same).
 
 A request the party cannot serve gets ``{"type": "error", "reason": ...}``.
@@ -46,6 +65,7 @@ import os
 import struct
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import IO, Any
 
 import numpy as np
@@ -55,11 +75,21 @@ from fedlearn.privacy.secure.crypten_compat import PRECISION_BITS, decode_fixed_
 from fedlearn.privacy.secure.envelope import EnvelopeError, generate_keypair, open_envelope
 
 __all__ = [
+    "MIN_SCORE_BITS",
+    "SCORE_HEADROOM_BITS",
     "FrameError",
+    "ScorePlan",
+    "local_dot",
     "read_frame",
+    "score_plan",
     "share_label",
     "write_frame",
 ]
+
+#: Scores ``|<x_k, s~> / <s, s~>|`` up to ``2**SCORE_HEADROOM_BITS`` never wrap the ring.
+SCORE_HEADROOM_BITS = 10
+#: Fewest fractional bits ``s`` is scored at (integer resolution); a larger sum is not scored.
+MIN_SCORE_BITS = 0
 
 #: Largest JSON header accepted (a reply listing why thousands of nodes failed fits).
 _MAX_HEADER = 4 << 20
@@ -132,6 +162,116 @@ def read_frame(stream: IO[bytes]) -> tuple[dict[str, Any], list[bytes]]:
     return header, [_read_exact(stream, s) for s in sizes]
 
 
+@dataclass(frozen=True)
+class ScorePlan:
+    """How a revealed sum ``s`` is encoded for scoring (the same on every party).
+
+    Attributes
+    ----------
+    bits : int
+        Fractional bits of ``s~``, the encoding of ``s`` the shares are
+        multiplied with: ``PRECISION_BITS`` (``s~ = s`` exactly) unless that
+        would leave too little headroom in the ring, then fewer (rounded to
+        nearest), never below :data:`MIN_SCORE_BITS`.
+    weights : ndarray of int64
+        ``round(s * 2**bits)``, without the weight slot.
+    norm : int
+        ``<S, weights>`` exactly, where ``S = s * 2**16`` is the revealed ring
+        sum (without the weight slot): the sum over contributors of the dot
+        products the parties reveal, at scale ``2**(16 + bits)``. It is below
+        ``2**(62 - SCORE_HEADROOM_BITS)``, so every dot product whose score
+        has magnitude up to ``2**SCORE_HEADROOM_BITS`` fits in int64.
+    """
+
+    bits: int
+    weights: NDArray[np.int64]
+    norm: int
+
+
+def _round_shift(values: NDArray[np.int64], shift: int) -> NDArray[np.int64]:
+    """``round(values / 2**shift)`` (halves up) without overflowing int64."""
+    if shift == 0:
+        return values.copy()
+    floor = np.right_shift(values, shift)  # arithmetic shift: floor division
+    remainder = np.bitwise_and(values, (1 << shift) - 1)  # values mod 2**shift, >= 0
+    rounded: NDArray[np.int64] = floor + (remainder >= (1 << (shift - 1))).astype(np.int64)
+    return rounded
+
+
+def score_plan(total: NDArray[np.int64]) -> ScorePlan | str:
+    """Choose the encoding of the revealed sum for scoring, or say why it cannot be scored.
+
+    Parameters
+    ----------
+    total : ndarray of int64
+        The revealed ring sum ``S = round-sum of 2**16 * x_k`` without the
+        weight slot.
+
+    Returns
+    -------
+    ScorePlan or str
+        The plan with the most fractional bits (at most 16) whose ``norm``
+        stays below ``2**(62 - SCORE_HEADROOM_BITS)``; a reason when ``s`` is
+        empty, zero, or so large that even :data:`MIN_SCORE_BITS` overflows
+        (``<s, s> >= 2**(46 - SCORE_HEADROOM_BITS - MIN_SCORE_BITS)``, i.e.
+        ``|s| >= 2**18`` with the defaults).
+
+    Notes
+    -----
+    A contributor's dot product ``<X_k, weights>`` is exact (no wrap mod
+    2**64) while ``|score_k| <= 2**SCORE_HEADROOM_BITS``; larger magnitudes
+    need contributors whose vectors cancel each other in the sum.
+    """
+    if total.dtype != np.int64 or total.ndim != 1:
+        raise TypeError("total must be a 1-d int64 array")
+    if total.size == 0:
+        return "the vector has no value besides the weight slot: nothing to score"
+    if not total.any():
+        return "the revealed sum is zero: <x_k, s> / <s, s> is undefined"
+    as_float = total.astype(np.float64)
+    limit = 2.0 ** (62 - SCORE_HEADROOM_BITS)
+    for bits in range(PRECISION_BITS, MIN_SCORE_BITS - 1, -1):
+        weights = _round_shift(total, PRECISION_BITS - bits)
+        approx = float(np.dot(as_float, weights.astype(np.float64)))
+        if approx > limit:
+            continue
+        # below 2**62 (up to float error), so the wrapping uint64 sum is the exact value
+        wrapped = np.sum(total.view(np.uint64) * weights.view(np.uint64), dtype=np.uint64)
+        norm = int(wrapped) - (1 << 64) if int(wrapped) >= 1 << 63 else int(wrapped)
+        if norm <= 0:  # cannot happen: rounding keeps signs, and S != 0 at 16 bits
+            return f"<s, s~> = {norm} at {bits} fractional bits is not positive"
+        return ScorePlan(bits=bits, weights=weights, norm=norm)
+    squared = float(np.dot(as_float, as_float)) / 2.0 ** (2 * PRECISION_BITS)
+    return (
+        f"the revealed sum is too large to score: <s, s> = {squared:.4g}, even at "
+        f"{MIN_SCORE_BITS} fractional bits the dot products could wrap the 64-bit ring "
+        f"(scores are computed while <s, s> < 2**{46 - SCORE_HEADROOM_BITS - MIN_SCORE_BITS})"
+    )
+
+
+def local_dot(share: NDArray[np.uint64], weights: NDArray[np.int64]) -> int:
+    """``<share, weights>`` in the ring of integers mod 2**64, as a signed int64 value.
+
+    Summed over the parties, these are ``<X_k, weights> mod 2**64`` for the
+    vector ``X_k`` the shares add up to (uint64 multiply and sum wrap).
+    """
+    if share.shape != weights.shape:
+        raise ValueError(f"share of shape {share.shape} but weights of shape {weights.shape}")
+    wrapped = int(np.sum(share * weights.view(np.uint64), dtype=np.uint64))
+    return wrapped - (1 << 64) if wrapped >= 1 << 63 else wrapped
+
+
+@dataclass
+class _Revealed:
+    """What a reveal with scoring keeps until the score request: the sum and the shares."""
+
+    server_round: int
+    length: int
+    nodes: list[int]
+    total: NDArray[np.int64]  # the revealed ring sum, weight slot included
+    shares: dict[int, NDArray[np.uint64]]
+
+
 class _Party:
     """State of one party: its key, the CrypTen group, the shares of the open round."""
 
@@ -145,6 +285,11 @@ class _Party:
         self._private_key = private_key
         self._round: tuple[int, int] | None = None  # (server_round, length)
         self._shares: dict[int, NDArray[np.uint64]] = {}
+        self._revealed: _Revealed | None = None  # kept by a reveal with scoring
+
+    def forget_revealed(self) -> None:
+        """Drop what a reveal kept for scoring (any request but ``score`` does)."""
+        self._revealed = None
 
     def open(self, header: dict[str, Any], blobs: list[bytes]) -> dict[str, Any]:
         server_round, length = _round_fields(header)
@@ -181,11 +326,14 @@ class _Party:
         import torch
 
         problem = None
+        score = header.get("score", False)
         try:
             server_round, length = _round_fields(header)
             nodes = sorted(_node_list(header))
+            if not isinstance(score, bool):
+                raise ValueError(f"request field 'score' must be a bool, got {score!r}")
         except ValueError as exc:  # still take part in the exchange below
-            (server_round, length), nodes, problem = (-1, 0), [], str(exc)
+            (server_round, length), nodes, score, problem = (-1, 0), [], False, str(exc)
         if problem is not None:
             pass
         elif self._round != (server_round, length):
@@ -198,10 +346,8 @@ class _Party:
         elif missing := [n for n in nodes if n not in self._shares]:
             problem = f"party {self.rank} holds no valid share of nodes {missing}"
         # Every party takes part in this exchange, so all refuse together or none does.
-        agreed = json.dumps([self.run, server_round, length, nodes, problem is None]).encode()
-        digest = np.frombuffer(hashlib.sha256(agreed).digest(), dtype="<i8").astype(np.int64)
-        gathered = crypten.communicator.get().all_gather(torch.from_numpy(digest))
-        if any(not torch.equal(other, gathered[self.rank]) for other in gathered):
+        agreed = [self.run, server_round, length, nodes, score, problem is None]
+        if not self._agree(crypten, agreed):
             problem = problem or "the parties disagree on the round or its contributors"
         if problem is not None:
             self._round, self._shares = None, {}
@@ -209,10 +355,20 @@ class _Party:
         total = np.zeros(length, dtype=np.uint64)
         for node in nodes:
             total += self._shares[node]  # uint64 addition wraps mod 2**64 by definition
+        kept = {node: self._shares[node] for node in nodes} if score else {}
         self._round, self._shares = None, {}
         local = torch.from_numpy(total.view(np.int64))
         shared = crypten.mpc.MPCTensor.from_shares(local, precision=PRECISION_BITS)
-        revealed = shared.reveal(dst=0)  # only party 0 receives the sum
+        # Only party 0 receives the sum, unless every party needs it to score.
+        revealed = shared.reveal(dst=None if score else 0)
+        if score:
+            self._revealed = _Revealed(
+                server_round=server_round,
+                length=length,
+                nodes=nodes,
+                total=revealed.numpy().astype(np.int64, copy=True),
+                shares=kept,
+            )
         if self.rank != 0:
             return {"type": "revealed", "round": server_round}, []
         vector = decode_fixed_point(revealed, precision_bits=PRECISION_BITS)
@@ -220,6 +376,81 @@ class _Party:
         return (
             {"type": "sum", "round": server_round, "nodes": nodes},
             [vector.astype("<f8").tobytes()],
+        )
+
+    def _agree(self, crypten: Any, fields: list[Any]) -> bool:
+        """Whether every party passed the same ``fields`` (a collective: all must call it)."""
+        import torch
+
+        agreed = json.dumps(fields).encode()
+        digest = np.frombuffer(hashlib.sha256(agreed).digest(), dtype="<i8").astype(np.int64)
+        gathered = crypten.communicator.get().all_gather(torch.from_numpy(digest))
+        return all(torch.equal(other, gathered[self.rank]) for other in gathered)
+
+    def score(self, header: dict[str, Any], crypten: Any) -> tuple[dict[str, Any], list[bytes]]:
+        """Reveal to party 0 only each contributor's dot product with the revealed sum."""
+        import torch
+
+        revealed, self._revealed = self._revealed, None  # one scoring per reveal, whatever happens
+        problem = None
+        plan: ScorePlan | str = "not planned"
+        try:
+            server_round, length = _round_fields(header)
+            nodes = sorted(_node_list(header))
+        except ValueError as exc:  # still take part in the exchange below
+            (server_round, length), nodes, problem = (-1, 0), [], str(exc)
+        if problem is not None:
+            pass
+        elif revealed is None or (revealed.server_round, revealed.length, revealed.nodes) != (
+            server_round,
+            length,
+            nodes,
+        ):
+            problem = (
+                f"no sum of round {server_round} (length {length}) over nodes {nodes} was "
+                "just revealed with scoring"
+            )
+        else:
+            # Deterministic in the revealed sum, which every party holds: the same everywhere.
+            plan = score_plan(revealed.total[: length - 1])
+        outcome = plan.bits if isinstance(plan, ScorePlan) else plan
+        if not self._agree(crypten, [self.run, server_round, length, nodes, outcome, problem]):
+            problem = problem or "the parties disagree on the round, its contributors or the plan"
+        if problem is not None:
+            raise ValueError(problem)
+        assert revealed is not None
+        if isinstance(plan, str):
+            _LOG.warning("round %d: not scoring: %s", server_round, plan)
+            return {"type": "unscored", "round": server_round, "reason": plan}, []
+        dots = np.array(
+            [local_dot(revealed.shares[node][: length - 1], plan.weights) for node in nodes],
+            dtype=np.int64,
+        )
+        revealed.shares.clear()  # the shares are no longer needed: drop them before revealing
+        shared = crypten.mpc.MPCTensor.from_shares(torch.from_numpy(dots), precision=0)
+        opened = shared.reveal(dst=0)  # only party 0 receives the n dot products
+        if self.rank != 0:
+            return {"type": "scored", "round": server_round}, []
+        products = opened.numpy().astype(np.int64)
+        # The products add up to plan.norm mod 2**64 whatever happens; as integers they do
+        # only if no contributor's product wrapped around (or wraps cancel out exactly).
+        if sum(int(v) for v in products) != plan.norm:
+            reason = (
+                "the dot products do not add up to <s, s~>: some wrapped around the 64-bit "
+                f"ring (a |score| above 2**{SCORE_HEADROOM_BITS}: contributors cancel out)"
+            )
+            _LOG.warning("round %d: not scoring: %s", server_round, reason)
+            return {"type": "unscored", "round": server_round, "reason": reason}, []
+        scores = products.astype(np.float64) / float(plan.norm)
+        _LOG.info(
+            "round %d: scored %d contributors at %d fractional bits",
+            server_round,
+            len(nodes),
+            plan.bits,
+        )
+        return (
+            {"type": "scores", "round": server_round, "nodes": nodes, "bits": plan.bits},
+            [scores.astype("<f8").tobytes()],
         )
 
 
@@ -307,11 +538,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             if kind == "stop":
                 break
             answer_blobs: list[bytes] = []
+            if kind != "score":
+                party.forget_revealed()
             try:
                 if kind == "open":
                     answer = party.open(header, blobs)
                 elif kind == "reveal":
                     answer, answer_blobs = party.reveal(header, crypten)
+                elif kind == "score":
+                    answer, answer_blobs = party.score(header, crypten)
                 else:
                     raise ValueError(f"unknown request type {kind!r}")
             except ValueError as exc:
