@@ -125,6 +125,17 @@ def test_secure_run_attests_example_scores_of_the_contributors(tmp_path: Path) -
             assert contribution["score"] == contribution["examples"] > 0
 
 
+def test_crypten_run_attests_scores_computed_inside_mpc(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    history = _run(run_dir, _config(secure={"mode": "crypten"}))
+    for record in history.rounds:
+        assert record.attestation["scoring"] == "alignment (secure)"
+        scores = [c["score"] for c in record.contributions.values()]
+        assert len(scores) == CLIENTS
+        assert sum(scores) == pytest.approx(1.0, abs=1e-6)  # <x_k, s> / <s, s> sums to 1
+        assert sum(int(c["reward"]) for c in record.contributions.values()) > 0
+
+
 def test_a_replayed_signature_from_an_earlier_round_is_rejected(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     app = make_client_app(
