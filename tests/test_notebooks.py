@@ -29,6 +29,7 @@ EXPECTED = {
     "02_custom_strategy.ipynb",
     "03_privacy_utility.ipynb",
     "04_secure_aggregation.ipynb",
+    "05_contributions_and_rewards.ipynb",
 }
 
 KERNEL_NAME = "fedlearn-test-kernel"
@@ -40,7 +41,10 @@ PRIVACY_UTILITY_SETTING = {**SMALL_SETTING, "FEDLEARN_NB_EPSILONS": "1,8,inf"}
 SECURE_AGGREGATION = NOTEBOOK_DIR / "04_secure_aggregation.ipynb"
 # Four simulations (plaintext, CKKS, SecAgg+, CrypTen; Ray start each, CrypTen parties): 2-3 min.
 SECURE_AGGREGATION_SETTING = dict(SMALL_SETTING)
-DEDICATED = {PRIVACY_UTILITY, SECURE_AGGREGATION}
+CONTRIBUTIONS = NOTEBOOK_DIR / "05_contributions_and_rewards.ipynb"
+# One attested simulation (Ray start, embedded chain), then claims on that chain: ~1 min.
+CONTRIBUTIONS_SETTING = dict(SMALL_SETTING)
+DEDICATED = {PRIVACY_UTILITY, SECURE_AGGREGATION, CONTRIBUTIONS}
 CELL_TIMEOUT = 600  # seconds; one simulate() call starts Ray (~30-45 s on 2 cores)
 
 
@@ -141,3 +145,17 @@ def test_04_secure_aggregation_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert any("image/png" in out.get("data", {}) for out in outputs)  # the bar plot
     runs = tmp_path / "work" / "runs" / "secure_aggregation"
     assert sorted(p.name for p in runs.iterdir()) == ["ckks", "crypten", "none", "secaggplus"]
+
+
+@pytest.mark.slow
+def test_05_contributions_and_rewards_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scores, roots on chain, verify and claim; the last cell checks noisy client and claims."""
+    nb = _execute(CONTRIBUTIONS, tmp_path, monkeypatch, CONTRIBUTIONS_SETTING)
+    outputs = [out for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs]
+    text = "".join(out.get("text", "") for out in outputs if out.output_type == "stream")
+    assert "all checks passed" in text
+    assert "claiming again pays 0" in text
+    assert any("image/png" in out.get("data", {}) for out in outputs)  # scores per round
+    run = tmp_path / "work" / "runs" / "contributions"
+    bundles = sorted(p.name for p in (run / "attestations").glob("round-*.json"))
+    assert bundles == [f"round-{r:06d}.json" for r in (1, 2, 3)]
