@@ -134,4 +134,3 @@ def make_attestation_mod(wallet: WalletProvider) -> Callable[..., Message]:
         return reply
 
     return attestation_mod
-

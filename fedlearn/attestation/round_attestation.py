@@ -46,6 +46,7 @@ from fedlearn.attestation.signing import SignatureError, SignedCommitment, check
 from fedlearn.client_app import PRIVACY_KEY
 from fedlearn.privacy.secure.aggregation import SecureAggregation
 from fedlearn.strategies.contribution import ContributionScoring
+from fedlearn.strategies.wrapper import StrategyWrapper
 
 __all__ = ["ClientReward", "RoundAttestation", "RoundAttestationReport"]
 
@@ -77,7 +78,7 @@ class RoundAttestationReport:
     error: str = ""
 
 
-class RoundAttestation(Strategy):
+class RoundAttestation(StrategyWrapper):
     """Attest every round's contributions on chain through a durable outbox.
 
     Parameters
@@ -143,10 +144,6 @@ class RoundAttestation(Strategy):
         )
         self._round = 0
         self._signed: dict[int, SignedCommitment] = {}
-
-    def summary(self) -> None:
-        """Log the wrapped strategy's summary."""
-        self.strategy.summary()
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -276,18 +273,6 @@ class RoundAttestation(Strategy):
             "examples",
             0,
         )
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """Delegate to the wrapped strategy."""
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        """Delegate to the wrapped strategy."""
-        return self.strategy.aggregate_evaluate(server_round, replies)
 
 
 def _examples(msg: Message) -> int:

@@ -59,6 +59,7 @@ from fedlearn.privacy.clipping import clip_by_global_norm, global_norm
 from fedlearn.privacy.ledger import LedgerEntry, PrivacyLedger
 from fedlearn.privacy.noise import add_gaussian_noise, central_noise_std, distributed_noise_std
 from fedlearn.privacy.secure.aggregation import CONTRIBUTORS_KEY
+from fedlearn.strategies.wrapper import StrategyWrapper
 
 __all__ = ["CentralDP", "CentralDPMode", "user_level_dp_mod"]
 
@@ -79,7 +80,7 @@ def _record(arrays: dict[str, NDArray[Any]]) -> ArrayRecord:
     return ArrayRecord({k: Array(np.asarray(v)) for k, v in arrays.items()})
 
 
-class CentralDP(Strategy):
+class CentralDP(StrategyWrapper):
     """Wrap a linear strategy so the aggregate is user-level differentially private.
 
     Parameters
@@ -262,18 +263,6 @@ class CentralDP(Strategy):
             population_size=max(self.num_clients, self._sampled),
             sample_size=self._sampled,
         )
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """Delegate to the wrapped strategy."""
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        """Delegate to the wrapped strategy."""
-        return self.strategy.aggregate_evaluate(server_round, replies)
 
 
 def _secure_contributors(msg: Message) -> int | None:

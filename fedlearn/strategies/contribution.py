@@ -39,6 +39,7 @@ from fedlearn.strategies.shapley import (
     leave_one_out,
     update_utility,
 )
+from fedlearn.strategies.wrapper import StrategyWrapper
 from fedlearn.training import evaluate
 
 __all__ = ["METHODS", "UTILITIES", "ContributionScoring"]
@@ -57,7 +58,7 @@ Method = Literal["gtg-shapley", "leave-one-out", "exact-shapley"]
 UtilityName = Literal["accuracy", "negative-loss"]
 
 
-class ContributionScoring(Strategy):
+class ContributionScoring(StrategyWrapper):
     """Score each participant's update on server validation data, then aggregate.
 
     In ``aggregate_train`` every usable reply's update ``local − global`` is
@@ -231,18 +232,6 @@ class ContributionScoring(Strategy):
             metrics = metrics if metrics is not None else MetricRecord()
             metrics["scoring-evaluations"] = self.last_scores.evaluations
         return arrays, metrics
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """Delegate to the wrapped strategy."""
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        """Delegate to the wrapped strategy."""
-        return self.strategy.aggregate_evaluate(server_round, replies)
 
     # ------------------------------------------------------------------ scoring
 

@@ -21,6 +21,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from fedlearn.strategies.wrapper import StrategyWrapper
+
 __all__ = ["RoundReport", "ValidatedReplies"]
 
 log = logging.getLogger(__name__)
@@ -37,7 +39,7 @@ class RoundReport:
     applied: bool = False
 
 
-class ValidatedReplies(Strategy):
+class ValidatedReplies(StrategyWrapper):
     """Validate every training reply against the global model before aggregating.
 
     Parameters
@@ -163,12 +165,6 @@ class ValidatedReplies(Strategy):
         arrays, metrics = self.strategy.aggregate_train(server_round, valid)
         report.applied = arrays is not None
         return arrays, metrics
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """Delegate to the wrapped strategy."""
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]

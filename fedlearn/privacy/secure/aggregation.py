@@ -41,6 +41,7 @@ from fedlearn.privacy.secure.base import (
     ServerProtocol,
 )
 from fedlearn.privacy.secure.packing import mean_update, vector_length
+from fedlearn.strategies.wrapper import StrategyWrapper
 
 __all__ = [
     "CONTRIBUTORS_KEY",
@@ -76,7 +77,7 @@ class SecureRoundReport:
     aggregate_seconds: float = 0.0
 
 
-class SecureAggregation(Strategy):
+class SecureAggregation(StrategyWrapper):
     """Aggregate with a secure-aggregation protocol; the server sees only the sum.
 
     Parameters
@@ -268,15 +269,3 @@ class SecureAggregation(Strategy):
         out = MetricRecord(dict(metrics) if metrics is not None else {})
         out[CONTRIBUTORS_KEY] = len(total.contributors)
         return arrays, out
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """Delegate to the wrapped strategy (evaluation replies are metrics only)."""
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        """Delegate to the wrapped strategy."""
-        return self.strategy.aggregate_evaluate(server_round, replies)
