@@ -54,6 +54,7 @@ from fedlearn.privacy.secure.base import ServerProtocol
 from fedlearn.privacy.secure.modes import server_protocol
 from fedlearn.strategies import (
     ContributionScoring,
+    StrategyWrapper,
     ValidatedReplies,
     build_strategy,
     export_state,
@@ -69,7 +70,7 @@ log = logging.getLogger(__name__)
 RoundCallback = Callable[[RoundRecord], None]
 
 
-class _RoundRecorder(Strategy):
+class _RoundRecorder(StrategyWrapper):
     """Times and measures each round and shifts round numbers after a resume."""
 
     def __init__(self, strategy: ValidatedReplies, *, offset: int) -> None:
@@ -81,9 +82,6 @@ class _RoundRecorder(Strategy):
         self.train_metrics: MetricRecord | None = None
         self.eval_metrics: MetricRecord | None = None
         self.privacy: dict[str, dict[str, float]] = {}
-
-    def summary(self) -> None:
-        self.strategy.summary()
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

@@ -18,6 +18,7 @@ from fedlearn.strategies.shapley import (
 )
 from fedlearn.strategies.state import export_state, import_state
 from fedlearn.strategies.validation import RoundReport, ValidatedReplies
+from fedlearn.strategies.wrapper import StrategyWrapper
 
 __all__ = [
     "STRATEGIES",
@@ -25,6 +26,7 @@ __all__ = [
     "ContributionScores",
     "ContributionScoring",
     "RoundReport",
+    "StrategyWrapper",
     "ValidatedReplies",
     "accumulate",
     "build_strategy",
