@@ -18,8 +18,10 @@ $(STAMP): pyproject.toml package-lock.json
 	$(PY) -m pip install --quiet -e '.[dev]'
 	# CrypTen 0.4.1 declares the retired `sklearn` package; its real needs are in pyproject.
 	$(PY) -m pip install --quiet --no-deps crypten==0.4.1
-	# Solidity toolchain (solc-js, anvil, forge, OpenZeppelin), pinned in package-lock.json.
-	npm ci --no-audit --no-fund --loglevel=error
+	# Solidity toolchain (solc-js, anvil, forge, OpenZeppelin), exact versions in
+	# package.json and package-lock.json. Not `npm ci`: it insists on lock entries for
+	# the other platforms' anvil/forge binaries, which the package mirror lacks.
+	npm install --no-audit --no-fund --loglevel=error
 	# Slither pins web3 < 8, so the static analyser gets a venv of its own.
 	test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
 	$(TOOLS)/bin/python -m pip install --quiet slither-analyzer==0.11.6
