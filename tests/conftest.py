@@ -28,7 +28,7 @@ def tmp_run_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def anvil(tmp_path: Path) -> Iterator[Anvil]:
     """A running anvil node on a free loopback port, stopped after the test."""
-    assert ANVIL.exists(), f"anvil is missing at {ANVIL}: run `make install` (npm ci)"
+    assert ANVIL.exists(), f"anvil is missing at {ANVIL}: run `make install`"
     node = Anvil(tmp_path)
     node.start()
     try:

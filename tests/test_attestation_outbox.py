@@ -78,7 +78,7 @@ def test_embedded_flush_exactly_once_and_conflicts(tmp_path: Path) -> None:
 
 
 def test_outbox_survives_anvil_loss_and_process_restart(tmp_path: Path) -> None:
-    assert ANVIL.exists(), f"anvil is missing at {ANVIL}: run `make install` (npm ci)"
+    assert ANVIL.exists(), f"anvil is missing at {ANVIL}: run `make install`"
     node = Anvil(tmp_path, state=tmp_path / "anvil-state.json")
     box_path = tmp_path / "outbox.sqlite"
     coordinator = Account.create()

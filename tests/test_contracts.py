@@ -619,7 +619,7 @@ def _tool_env(out: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def forge_build(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, str]]]:
     if not FORGE.is_file() or shutil.which("node") is None:
-        pytest.fail("forge (npm @foundry-rs/forge) or node missing: run `make install` (npm ci)")
+        pytest.fail("forge (npm @foundry-rs/forge) or node missing: run `make install`")
     work = tmp_path_factory.mktemp("forge")
     env = _tool_env(work)
     proc = subprocess.run(
