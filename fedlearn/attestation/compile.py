@@ -143,7 +143,7 @@ def _run_solc(root: Path, compiler_input: Mapping[str, Any]) -> dict[str, Any]:
         raise CompilationError("node is not on PATH (the compiler is the npm package solc-js)")
     wrapper = root / _SOLC_WRAPPER
     if not (root / "node_modules" / "solc").is_dir():
-        raise CompilationError("node_modules/solc is missing: run `npm ci` in the repository root")
+        raise CompilationError("node_modules/solc is missing: run `make install` in the repository")
     proc = subprocess.run(
         [node, str(wrapper), "--standard-json", "--base-path", str(root)],
         input=json.dumps(compiler_input),
