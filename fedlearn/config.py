@@ -534,6 +534,12 @@ class RunConfig:
             "(fedavg, fedavgm, fedadam, fedyogi, fedadagrad, fedprox) or secure.mode = 'none'",
         )
         _require(
+            not (self.secure.mode in ("ckks", "crypten") and self.privacy.central_dp == "client"),
+            "privacy.central-dp",
+            f"'client' adds the noise on the server, after {self.secure.mode} revealed the "
+            "un-noised sum to a client or compute party; use 'distributed' with this mode",
+        )
+        _require(
             self.privacy.central_dp != "server",
             "privacy.central-dp",
             "'server' clips each update on the server, which secure aggregation forbids; "

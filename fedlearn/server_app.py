@@ -51,7 +51,7 @@ from fedlearn.history import History, RoundRecord
 from fedlearn.privacy.central_dp import CentralDP
 from fedlearn.privacy.secure.aggregation import SecureAggregation
 from fedlearn.privacy.secure.base import ServerProtocol
-from fedlearn.privacy.secure.modes import server_protocol
+from fedlearn.privacy.secure.modes import server_protocol, value_scale
 from fedlearn.strategies import (
     ContributionScoring,
     StrategyWrapper,
@@ -245,7 +245,10 @@ def run_federation(
                     cleanup.callback(protocol.close)  # e.g. stops CrypTen's compute parties
                 if cfg.attestation.enabled:
                     session = AttestationSession.open(
-                        cfg.attestation, run_dir=run_dir, rounds=cfg.federation.rounds
+                        cfg.attestation,
+                        run_dir=run_dir,
+                        rounds=cfg.federation.rounds,
+                        resume=resume,
                     )
                     cleanup.callback(session.close)
                     cleanup.callback(_final_flush, session, cfg.attestation.flush_seconds)
@@ -316,6 +319,7 @@ def _build_stack(
             delta=cfg.privacy.delta,
             accountant=cfg.privacy.accountant,  # type: ignore[arg-type]
             ledger_path=ledger_path,
+            behind_secure_aggregation=protocol is not None,
         )
     scoring: ContributionScoring | None = None
     method = cfg.attestation.scoring
@@ -338,6 +342,7 @@ def _build_stack(
             max_examples=cfg.secure.max_examples,
             # Under DP the weights are public constants (counts are not released).
             uniform_weights=cfg.privacy.local_dp or cfg.privacy.central_dp != "none",
+            value_scale=value_scale(cfg),
             timeout=fed.timeout,
         )
     attestation: RoundAttestation | None = None

@@ -131,6 +131,23 @@ def test_client_mode_drops_an_update_above_the_clipping_norm() -> None:
     np.testing.assert_allclose(new, 2 * ok / clients, atol=1e-6)
 
 
+def test_a_client_cannot_claim_to_be_a_secure_aggregate() -> None:
+    """Only behind SecureAggregation does a reply stand for several clipped updates."""
+    clients = 2
+    dp = _noiseless("server", clients)
+    huge = np.array([300.0, 400.0], np.float32)
+    config = ConfigRecord()
+    list(
+        dp.configure_train(1, ArrayRecord({"w": Array(np.zeros(2, np.float32))}), config, _Grid(2))
+    )
+    forged = _reply(1, {"w": huge})
+    forged.content["metrics"]["secure-contributors"] = 1  # a client pretending
+    arrays, _ = dp.aggregate_train(1, [forged, _reply(2, {"w": np.zeros(2, np.float32)})])
+    assert arrays is not None
+    # Clipped to norm 1 like any update, then divided by the 2 sampled.
+    np.testing.assert_allclose(arrays["w"].numpy(), np.array([0.6, 0.8]) / clients, atol=1e-6)
+
+
 def test_every_round_is_in_the_server_ledger_with_fixed_size_sampling() -> None:
     dp = _dp("server", 10, 5)
     zero = np.zeros(10, np.float32)

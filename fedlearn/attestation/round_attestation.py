@@ -174,6 +174,12 @@ class RoundAttestation(StrategyWrapper):
             )
         except (SignatureError, ValueError) as exc:
             return f"signed commitment rejected: {exc}"
+        epsilon = _epsilon(msg)
+        if epsilon is not None and not (epsilon >= 0):  # NaN fails too
+            return f"reported ε {epsilon} is not a number >= 0"
+        others = [n for n, a in self._addresses.items() if a == address and n != node]
+        if others:
+            return f"wallet {address} already signs for node {others[0]}"
         if node not in self._addresses:
             self._addresses[node] = address
             tmp = self._addresses_file.with_suffix(".tmp")
@@ -210,16 +216,44 @@ class RoundAttestation(StrategyWrapper):
         if not contributions:
             report.error = "no attested client in the aggregate"
             return arrays, metrics
-        leaves = round_leaves(
-            run_id=self.run_id,
-            round=server_round,
-            contributions=contributions,
-            budget=self.budget,
-            max_examples=self.max_examples,
-            negative_scores="zero",
-        )
-        aggregate_hash = keccak(payload_bytes(RecordDict({"arrays": arrays})))
-        bundle = RoundBundle.build(leaves=leaves, aggregate_hash=aggregate_hash, budget=self.budget)
+        try:
+            leaves = round_leaves(
+                run_id=self.run_id,
+                round=server_round,
+                contributions=contributions,
+                budget=self.budget,
+                max_examples=self.max_examples,
+                negative_scores="zero",
+            )
+            aggregate_hash = keccak(payload_bytes(RecordDict({"arrays": arrays})))
+            bundle = RoundBundle.build(
+                leaves=leaves, aggregate_hash=aggregate_hash, budget=self.budget
+            )
+        except ValueError as exc:  # never stop the federation over its attestation
+            report.error = f"round not attested: {exc}"
+            log.error("round %d: %s", server_round, report.error)
+            return arrays, metrics
+        earlier = self.outbox.get(run_id=self.run_id, round=server_round)
+        if earlier is not None and earlier.root != bundle.root:
+            # A resumed run re-ran a round attested before the crash: the published
+            # bundle must keep matching the root already in the outbox (or on chain).
+            report.error = (
+                f"round {server_round} was attested before the run was resumed; the "
+                "re-run round keeps the earlier attestation and rewards"
+            )
+            log.warning("%s", report.error)
+            return arrays, metrics
+        try:
+            self.outbox.put(
+                run_id=self.run_id,
+                round=server_round,
+                root=bundle.root,
+                aggregate_hash=aggregate_hash,
+            )
+        except OutboxError as exc:
+            report.error = str(exc)
+            log.error("round %d: attestation not queued: %s", server_round, exc)
+            return arrays, metrics
         bundle.write(self.dir.parent)
         for node, leaf, contribution in zip(contributors, leaves, contributions, strict=True):
             report.clients[node] = ClientReward(
@@ -232,12 +266,6 @@ class RoundAttestation(StrategyWrapper):
         report.root = "0x" + bundle.root.hex()
         report.aggregate_hash = "0x" + aggregate_hash.hex()
         try:
-            self.outbox.put(
-                run_id=self.run_id,
-                round=server_round,
-                root=bundle.root,
-                aggregate_hash=aggregate_hash,
-            )
             result = self.outbox.flush(self.contracts, deadline=self.flush_seconds)
         except (OutboxError, ChainError) as exc:
             report.error = str(exc)

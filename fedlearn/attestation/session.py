@@ -21,10 +21,10 @@ from pathlib import Path
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
-from fedlearn.attestation.chain import Chain, Contracts, EmbeddedChain, RpcChain
+from fedlearn.attestation.chain import Chain, Contracts, Deployment, EmbeddedChain, RpcChain
 from fedlearn.attestation.outbox import Outbox
 from fedlearn.attestation.signing import WalletError, load_wallet
-from fedlearn.config import AttestationConfig
+from fedlearn.config import AttestationConfig, ConfigError
 
 __all__ = [
     "COORDINATOR_KEY_ENV",
@@ -97,17 +97,33 @@ class AttestationSession:
     budget: int
 
     @classmethod
-    def open(cls, cfg: AttestationConfig, *, run_dir: Path, rounds: int) -> AttestationSession:
+    def open(
+        cls, cfg: AttestationConfig, *, run_dir: Path, rounds: int, resume: bool
+    ) -> AttestationSession:
         """Open the chain, deploy (first time) or load the contracts, open the outbox.
 
         The pool is funded with ``rounds × reward-per-round`` tokens at deployment.
+
+        Raises
+        ------
+        ConfigError
+            If a new run (``resume=False``) would reuse an attested run's directory:
+            its bundles, outbox and run id belong to that run.
         """
         directory = run_dir / "attestations"
-        directory.mkdir(parents=True, exist_ok=True)
         id_file = directory / "run-id"
+        if id_file.exists() and not resume:
+            raise ConfigError(
+                f"{run_dir} holds an attested run; resume it (--resume) or use a new run directory"
+            )
+        directory.mkdir(parents=True, exist_ok=True)
         if not id_file.exists():
-            id_file.write_text(secrets.token_hex(32), encoding="utf-8")
+            tmp = id_file.with_suffix(".tmp")
+            tmp.write_text(secrets.token_hex(32), encoding="utf-8")
+            os.replace(tmp, id_file)
         run_id = bytes.fromhex(id_file.read_text(encoding="utf-8").strip())
+        if len(run_id) != 32:
+            raise ConfigError(f"{id_file} is not a 32-byte run id")
         budget = cfg.reward_per_round * 10**TOKEN_DECIMALS
         chain = open_chain(cfg, run_dir)
         try:
@@ -115,6 +131,13 @@ class AttestationSession:
             deployment = directory / "deployment.json"
             if deployment.exists():
                 contracts = Contracts.load(chain=chain, path=deployment, coordinator=coordinator)
+                deployed_by = Deployment.load(deployment).coordinator
+                if deployed_by != coordinator.address:
+                    raise WalletError(
+                        f"this run's contracts were deployed for coordinator {deployed_by}, "
+                        f"not {coordinator.address}: set ${COORDINATOR_KEY_ENV} or "
+                        f"${COORDINATOR_KEYSTORE_ENV} to that coordinator's key"
+                    )
             else:
                 supply = max(1, budget * rounds)
                 contracts = Contracts.deploy(

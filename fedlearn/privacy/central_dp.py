@@ -27,8 +27,8 @@ model leaves it.
 
 Known limitation: a client's distributed noise share is drawn afresh for every
 request, so a server that asks for the same round twice could average two
-shares; this mode is meant to run under secure aggregation (not yet available),
-where the server sees only sums.
+shares; under secure aggregation the server sees only sums, and clients
+protect at most one update per round (``secure_aggregation_mod``).
 """
 
 from __future__ import annotations
@@ -108,6 +108,10 @@ class CentralDP(StrategyWrapper):
         noised model is sent anywhere (and loaded from, if it exists).
     rng : numpy.random.Generator, optional
         Only for reproducible tests; default noise comes from the OS's CSPRNG.
+    behind_secure_aggregation : bool, default False
+        Set when :class:`~fedlearn.privacy.secure.SecureAggregation` wraps this
+        strategy: its single aggregate reply stands for the sum of several
+        clients' clipped updates (the server cannot check their norms).
 
     Examples
     --------
@@ -129,6 +133,7 @@ class CentralDP(StrategyWrapper):
         accountant: AccountantName = "rdp",
         ledger_path: Path | None = None,
         rng: np.random.Generator | None = None,
+        behind_secure_aggregation: bool = False,
     ) -> None:
         if mode not in ("server", "client", "distributed"):
             raise ValueError(f"mode must be 'server', 'client' or 'distributed', got {mode!r}")
@@ -138,6 +143,8 @@ class CentralDP(StrategyWrapper):
         ):
             if not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be a positive number, got {value}")
+        if behind_secure_aggregation and mode == "server":
+            raise ValueError("server-side clipping needs every update, not a secure sum")
         if num_clients < 1 or not 1 <= min_replies <= num_clients:
             raise ValueError(
                 f"need 1 <= min_replies <= num_clients, got {min_replies} and {num_clients}"
@@ -149,6 +156,7 @@ class CentralDP(StrategyWrapper):
         self.num_clients = num_clients
         self.min_replies = min_replies
         self.ledger_path = ledger_path
+        self.behind_secure_aggregation = behind_secure_aggregation
         if ledger_path is not None and ledger_path.exists():
             self.ledger = PrivacyLedger.load(ledger_path)
         else:
@@ -200,7 +208,9 @@ class CentralDP(StrategyWrapper):
         for msg in replies:
             local = _arrays(next(iter(msg.content.array_records.values())))
             update = [local[k].astype(np.float64) - self._global[k] for k in keys]
-            summed = _secure_contributors(msg)
+            # Only SecureAggregation's own aggregate reply may stand for several
+            # clients; a client's reply claiming so is treated as the one it is.
+            summed = _secure_contributors(msg) if self.behind_secure_aggregation else None
             if summed is not None:
                 # SecureAggregation's reply: the mean of `summed` updates the clients
                 # clipped (and noised) themselves; the server cannot check their norms.

@@ -47,6 +47,7 @@ __all__ = [
     "CONTRIBUTORS_KEY",
     "MAX_EXAMPLES_KEY",
     "MODE_KEY",
+    "SCALE_KEY",
     "UNIFORM_KEY",
     "SecureAggregation",
     "SecureRoundReport",
@@ -58,6 +59,7 @@ log = logging.getLogger(__name__)
 MODE_KEY = "secure-mode"
 UNIFORM_KEY = "secure-uniform-weights"
 MAX_EXAMPLES_KEY = "secure-max-examples"
+SCALE_KEY = "secure-value-scale"
 #: Metric of the aggregate reply: how many clients are in the sum.
 CONTRIBUTORS_KEY = "secure-contributors"
 
@@ -95,6 +97,11 @@ class SecureAggregation(StrategyWrapper):
         Cap on a client's example count (its weight is ``min(n, cap) / cap``).
     uniform_weights : bool, default False
         Weight every client 1 (local DP, user-level DP).
+    value_scale : float, default 1.0
+        Clients divide their vector by this public factor before protecting
+        it and the server multiplies the revealed sum back: it keeps noised
+        updates (distributed DP) inside a mode's value range (CKKS ±1,
+        SecAgg+ ±clipping range) at the price of that factor in precision.
     timeout : float, default 600
         Seconds each protocol stage waits for replies.
 
@@ -114,6 +121,7 @@ class SecureAggregation(StrategyWrapper):
         min_contributors: int,
         max_examples: int = 1000,
         uniform_weights: bool = False,
+        value_scale: float = 1.0,
         timeout: float = 600.0,
     ) -> None:
         inner = strategy
@@ -131,11 +139,14 @@ class SecureAggregation(StrategyWrapper):
             raise ValueError(f"max_examples must be >= 1, got {max_examples}")
         if timeout <= 0:
             raise ValueError(f"timeout must be > 0, got {timeout}")
+        if not value_scale >= 1:
+            raise ValueError(f"value_scale must be >= 1, got {value_scale}")
         self.strategy = strategy
         self.protocol = protocol
         self.min_contributors = min_contributors
         self.max_examples = max_examples
         self.uniform_weights = uniform_weights
+        self.value_scale = float(value_scale)
         self.timeout = timeout
         self.last_report = SecureRoundReport(mode=protocol.mode)
         self._grid: Grid | None = None
@@ -161,6 +172,7 @@ class SecureAggregation(StrategyWrapper):
         self.last_report = SecureRoundReport(mode=self.protocol.mode)
         config[MODE_KEY] = self.protocol.mode
         config[UNIFORM_KEY] = self.uniform_weights
+        config[SCALE_KEY] = self.value_scale
         config[MAX_EXAMPLES_KEY] = self.max_examples
         messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
         if not messages:
@@ -173,7 +185,7 @@ class SecureAggregation(StrategyWrapper):
                 node_ids=[m.metadata.dst_node_id for m in messages],
                 timeout=self.timeout,
             )
-        except AggregationAbortedError as exc:
+        except (AggregationAbortedError, ValueError) as exc:
             self.last_report.aborted = str(exc)
             log.warning(
                 "round %d: %s set-up aborted, no client trains: %s",
@@ -235,7 +247,9 @@ class SecureAggregation(StrategyWrapper):
                     f"only {len(total.contributors)} client(s) in the sum, "
                     f"the round needs {self.min_contributors}"
                 )
-            update = mean_update(total.vector, like=self._global)
+            revealed = total.vector * self.value_scale
+            self._check_weight(float(revealed[-1]), len(total.contributors))
+            update = mean_update(revealed, like=self._global)
         except (AggregationAbortedError, ValueError) as exc:
             report.aborted = str(exc)
             log.warning(
@@ -269,3 +283,22 @@ class SecureAggregation(StrategyWrapper):
         out = MetricRecord(dict(metrics) if metrics is not None else {})
         out[CONTRIBUTORS_KEY] = len(total.contributors)
         return arrays, out
+
+    def _check_weight(self, weight: float, contributors: int) -> None:
+        """Refuse a sum whose weight slot no honest set of clients could produce.
+
+        Each weight is 1 (uniform) or in (0, 1]; a client lying in its weight
+        slot would otherwise rescale everybody's contribution through the
+        division by the total weight.
+        """
+        slack = 1e-3 * contributors + 1e-6
+        if self.uniform_weights and abs(weight - contributors) > slack:
+            raise AggregationAbortedError(
+                f"the weights sum to {weight:.6g}, not {contributors} (one per client): "
+                "a client sent a wrong weight slot"
+            )
+        if not 0 < weight <= contributors + slack:
+            raise AggregationAbortedError(
+                f"the weights sum to {weight:.6g}, outside (0, {contributors}] for "
+                f"{contributors} clients: a client sent a wrong weight slot"
+            )

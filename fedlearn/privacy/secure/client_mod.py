@@ -13,10 +13,15 @@ from __future__ import annotations
 import logging
 from typing import Any, cast
 
-from flwr.app import Context, Error, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 
-from fedlearn.privacy.secure.aggregation import MAX_EXAMPLES_KEY, MODE_KEY, UNIFORM_KEY
+from fedlearn.privacy.secure.aggregation import (
+    MAX_EXAMPLES_KEY,
+    MODE_KEY,
+    SCALE_KEY,
+    UNIFORM_KEY,
+)
 from fedlearn.privacy.secure.base import BLOBS, stage_of
 from fedlearn.privacy.secure.modes import client_protocol
 from fedlearn.privacy.secure.packing import client_vector, example_weight
@@ -27,6 +32,9 @@ log = logging.getLogger(__name__)
 
 #: Error code of a reply refused by the secure layer (see ``fedlearn.client_app.ErrorCode``).
 SECURE_ERROR = 1006
+
+#: Node-state record of the last round this node protected an update for.
+_GUARD = "secure-last-round"
 
 #: Stage-name prefix of each mode's requests.
 _PREFIXES = {"ckks-": "ckks", "secagg-": "secagg+", "crypten-": "crypten"}
@@ -46,10 +54,17 @@ def secure_aggregation_mod(msg: Message, context: Context, call_next: ClientAppC
     mode = str(config.get(MODE_KEY, "none")) if config is not None else "none"
     if mode == "none":
         return call_next(msg, context)
+    assert config is not None
+    server_round = int(cast(int, config.get("server-round", 0)))
+    guard = context.state.config_records.get(_GUARD)
+    last = int(cast(int, guard["last-round"])) if guard is not None else -1
+    if server_round <= last:
+        # A second protected update for a round would let sums be differenced, and
+        # fresh distributed-DP noise be averaged away.
+        return _error(msg, f"already sent a protected update for round {last}")
     reply = call_next(msg, context)
     if reply.has_error():
         return reply
-    assert config is not None
     try:
         protocol = client_protocol(mode)
         sent = {k: a.numpy() for k, a in msg.content.array_records["arrays"].items()}
@@ -60,11 +75,15 @@ def secure_aggregation_mod(msg: Message, context: Context, call_next: ClientAppC
         else:
             cap = int(cast(int, config.get(MAX_EXAMPLES_KEY, 1000)))
             weight = example_weight(float(cast(float, metrics["num-examples"])), max_examples=cap)
-        vector = client_vector(trained=trained, sent=sent, weight=weight)
+        scale = float(cast(float, config.get(SCALE_KEY, 1.0)))
+        if not scale >= 1:
+            raise ValueError(f"value scale {scale} must be >= 1")
+        vector = client_vector(trained=trained, sent=sent, weight=weight) / scale
         protected = protocol.protect(vector, msg, context)
     except (KeyError, ValueError, RuntimeError) as exc:
         log.warning("secure aggregation (%s) refused this round: %s", mode, exc)
         return _error(msg, f"cannot protect the update ({mode}): {exc}")
+    context.state[_GUARD] = ConfigRecord({"last-round": server_round})
     content: dict[str, Any] = {BLOBS: protected}
     content.update(reply.content.metric_records)
     content.update(reply.content.config_records)  # e.g. the privacy-ledger report

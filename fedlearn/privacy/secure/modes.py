@@ -10,7 +10,12 @@ import math
 from fedlearn.config import ConfigError, RunConfig
 from fedlearn.privacy.secure.base import ClientProtocol, ServerProtocol
 
-__all__ = ["client_protocol", "secagg_neighbourhood", "server_protocol"]
+__all__ = ["client_protocol", "secagg_neighbourhood", "server_protocol", "value_scale"]
+
+#: Largest |value| each mode protects (CKKS: CkksParameters().max_abs_value; CrypTen:
+#: far below its 2^36 fixed-point limit, a bound on what an update can be).
+_CKKS_LIMIT = 1.0
+_CRYPTEN_LIMIT = 2.0**20
 
 
 def secagg_neighbourhood(cfg: RunConfig) -> tuple[int, int]:
@@ -36,6 +41,34 @@ def secagg_neighbourhood(cfg: RunConfig) -> tuple[int, int]:
     return k, t
 
 
+def value_scale(cfg: RunConfig) -> float:
+    """The public factor clients divide their vector by to stay in the mode's range.
+
+    Under user-level DP a coordinate of a client's vector is its clipped update
+    (at most ``C``) plus, distributed, its noise share: ``C + 6·σC/√t`` bounds
+    it except with probability ~2e-9 per coordinate. Otherwise weighted
+    updates are used as they are (1).
+    """
+    privacy = cfg.privacy
+    if cfg.secure.mode == "none" or privacy.central_dp not in ("client", "distributed"):
+        return 1.0
+    from fedlearn.privacy.noise import distributed_noise_std
+
+    bound = privacy.central_clipping_norm
+    if privacy.central_dp == "distributed":
+        bound += 6 * distributed_noise_std(
+            noise_multiplier=privacy.central_noise_multiplier,
+            clipping_norm=privacy.central_clipping_norm,
+            num_clients=cfg.federation.min_train_clients,
+        )
+    limit = {
+        "ckks": _CKKS_LIMIT,
+        "secagg+": cfg.secure.secagg_clipping_range,
+        "crypten": _CRYPTEN_LIMIT,
+    }[cfg.secure.mode]
+    return max(1.0, bound / limit)
+
+
 def server_protocol(cfg: RunConfig) -> ServerProtocol:
     """The server side of ``cfg.secure.mode`` (raise for ``"none"``)."""
     mode = cfg.secure.mode
@@ -57,7 +90,11 @@ def server_protocol(cfg: RunConfig) -> ServerProtocol:
     if mode == "crypten":
         from fedlearn.privacy.secure.crypten_mode import CryptenServer
 
-        return CryptenServer(parties=cfg.secure.crypten_parties)
+        # In-MPC scores are functions of un-noised clipped updates under user-level
+        # DP, which the ledger does not account: then the run scores by examples.
+        return CryptenServer(
+            parties=cfg.secure.crypten_parties, score=cfg.privacy.central_dp == "none"
+        )
     raise ValueError(f"no server protocol for secure mode {mode!r}")
 
 
