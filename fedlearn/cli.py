@@ -228,7 +228,7 @@ def _demo_rewards(history: Any, *, run_dir: Path, clients: int) -> list[dict[str
     """Each simulated holder verifies its records against the chain and claims its reward."""
     from flwr.app import Context, RecordDict
 
-    from fedlearn.attestation.bundle import claim_rewards, verify_client
+    from fedlearn.attestation.bundle import claim_rewards, verify_bundles
     from fedlearn.attestation.client_mod import simulated_wallet
     from fedlearn.attestation.session import TOKEN_DECIMALS, run_contracts
 
@@ -244,14 +244,14 @@ def _demo_rewards(history: Any, *, run_dir: Path, clients: int) -> list[dict[str
                 run_config={},
             )
             account = simulated_wallet(run_dir / "holders" / "wallets.secret", context)
-            rounds = verify_client(run_dir=run_dir, address=account.address, contracts=contracts)
+            report = verify_bundles(run_dir=run_dir, address=account.address, contracts=contracts)
             chain.ensure_gas(account.address)
             claimed = claim_rewards(run_dir=run_dir, account=account, contracts=contracts)
             rows.append(
                 {
                     "client": partition,
                     "address": account.address,
-                    "verified rounds": f"{len(rounds)}/{len(history.rounds)}",
+                    "verified rounds": f"{len(report.verified)}/{len(history.rounds)}",
                     "claimed (FLR)": round(claimed.total / 10**TOKEN_DECIMALS, 2),
                     "balance (FLR)": round(
                         contracts.token_balance(account.address) / 10**TOKEN_DECIMALS, 2
@@ -643,9 +643,12 @@ def attest(
     from fedlearn.attestation.outbox import Outbox, OutboxError
     from fedlearn.attestation.session import coordinator_account, run_contracts
     from fedlearn.attestation.signing import WalletError
+    from fedlearn.config import AttestationConfig
 
     try:
         cfg = RunConfig.load(run / "config.toml").attestation
+        if chain is not None:
+            cfg = AttestationConfig(**{**cfg.__dict__, "chain": chain})
         coordinator = coordinator_account(cfg, run)
         opened, contracts = run_contracts(run, chain=chain, coordinator=coordinator)
     except (FileNotFoundError, ConfigError, ChainError, WalletError, ValueError) as exc:

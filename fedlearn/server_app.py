@@ -324,6 +324,13 @@ def _build_stack(
     scoring: ContributionScoring | None = None
     method = cfg.attestation.scoring
     per_update = protocol is None and cfg.privacy.central_dp == "none" and test_set is not None
+    if session is not None and not per_update and method not in ("auto", "examples"):
+        log.warning(
+            "attestation.scoring = %r needs each update and server test data; this run "
+            "scores %s instead",
+            method,
+            "inside the secure mode (or by examples)" if protocol else "by attested examples",
+        )
     if session is not None and per_update and method != "examples":
         aggregator = scoring = ContributionScoring(
             aggregator,
@@ -364,6 +371,7 @@ def _build_stack(
         min_replies=fed.min_train_clients,
         payload_check=secure.check_reply if secure is not None else None,
         reply_checks=(attestation.check_reply,) if attestation is not None else (),
+        max_examples=cfg.secure.max_examples,
     )
     return _Stack(validated, attestation, secure, scoring, central, inner)
 

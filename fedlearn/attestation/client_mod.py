@@ -17,6 +17,7 @@ per-run secret file (:func:`simulated_wallet`).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import secrets
@@ -56,11 +57,13 @@ WalletProvider = Callable[[Context], LocalAccount]
 
 
 def payload_bytes(content: RecordDict) -> bytes:
-    """Canonical bytes of the update a reply carries: every ArrayRecord's arrays.
+    """Canonical bytes of what a reply carries: its arrays, metrics and reports.
 
-    Records and arrays in sorted name order, each array framed by its name,
-    dtype, shape and byte length, so two different payloads never serialize
-    alike.
+    Every ArrayRecord's arrays (framed by record name, array key, dtype, shape
+    and byte length, in sorted order), then every MetricRecord and ConfigRecord
+    but the signature's own (sorted-key JSON, bytes as hex): the update and
+    what the attestation states about it (example count, ε spent) are signed
+    together, so neither side can change one later.
     """
     out = bytearray()
     for name in sorted(content.array_records):
@@ -70,7 +73,21 @@ def payload_bytes(content: RecordDict) -> bytes:
             header = f"{name}/{key}:{array.dtype}:{list(array.shape)}".encode()
             out += struct.pack(">I", len(header)) + header
             out += struct.pack(">Q", len(array.data)) + array.data
-    return bytes(out)
+    statements = {
+        f"metrics/{name}": dict(record) for name, record in content.metric_records.items()
+    } | {
+        f"config/{name}": dict(record)
+        for name, record in content.config_records.items()
+        if name != ATTESTATION_KEY
+    }
+    text = json.dumps(statements, sort_keys=True, default=_hex_bytes).encode()
+    return bytes(out + struct.pack(">Q", len(text)) + text)
+
+
+def _hex_bytes(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.hex()
+    raise TypeError(f"cannot encode {type(value).__name__} in a signed statement")
 
 
 def node_wallet(context: Context) -> LocalAccount:

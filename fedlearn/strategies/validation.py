@@ -15,6 +15,7 @@ import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -58,6 +59,10 @@ class ValidatedReplies(StrategyWrapper):
     reply_checks : sequence of callables, default ()
         Further ``(reply) -> reason or None`` checks every reply must pass
         first (e.g. ``RoundAttestation.check_reply`` for signed commitments).
+    max_examples : int, optional
+        Cap applied to each valid reply's ``weighted_by_key`` before
+        aggregation: a client claiming more examples than it has gains at most
+        the cap's weight (and is attested and scored with the capped count).
 
     Examples
     --------
@@ -73,6 +78,7 @@ class ValidatedReplies(StrategyWrapper):
         weighted_by_key: str = "num-examples",
         payload_check: Callable[[Message], str | None] | None = None,
         reply_checks: Sequence[Callable[[Message], str | None]] = (),
+        max_examples: int | None = None,
     ) -> None:
         if min_replies < 1:
             raise ValueError(f"min_replies must be >= 1, got {min_replies}")
@@ -81,6 +87,9 @@ class ValidatedReplies(StrategyWrapper):
         self.weighted_by_key = weighted_by_key
         self.payload_check = payload_check
         self.reply_checks = tuple(reply_checks)
+        if max_examples is not None and max_examples < 1:
+            raise ValueError(f"max_examples must be >= 1, got {max_examples}")
+        self.max_examples = max_examples
         self._expected: dict[str, tuple[tuple[int, ...], str]] = {}
         self.last_report = RoundReport()
 
@@ -160,6 +169,11 @@ class ValidatedReplies(StrategyWrapper):
                 self.min_replies,
             )
             return None, None
+        if self.max_examples is not None:
+            for msg in valid:
+                claimed = next(iter(msg.content.metric_records.values()))
+                if cast(float, claimed[self.weighted_by_key]) > self.max_examples:
+                    claimed[self.weighted_by_key] = self.max_examples
         # Aggregate in a fixed order so that floating-point sums are reproducible.
         valid.sort(key=lambda m: m.metadata.src_node_id)
         arrays, metrics = self.strategy.aggregate_train(server_round, valid)
