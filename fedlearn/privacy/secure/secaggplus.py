@@ -538,7 +538,7 @@ class SecAggPlusServer(ServerProtocol):
                 f"quantized sum would wrap modulus_range 2**{self._params.modulus_bits}; raise "
                 "modulus_range or lower quantization_range"
             )
-        self._rounds.pop(server_round, None)
+        self._rounds.clear()  # rounds skipped after set-up leave state behind otherwise
         self._require(len(ids), server_round, "were sampled")
         state = _Round(server_round=server_round)
         p = self._params
