@@ -489,59 +489,65 @@ def test_parties_score_only_the_sum_just_revealed(parties: dict[str, Any]) -> No
     pool = server.pool
     vectors = _update_like(3, seed=8)
     client = CryptenClient()
-    envelopes: list[list[bytes]] = [[], []]
-    with serverapp_identity():
-        setup = server.setup(LoopbackGrid({}), server_round=12, node_ids=[1, 2, 3], timeout=5)
-    for node in (1, 2, 3):
-        msg = instruction(setup[node], node_id=node)
-        record = client.protect(vectors[node], msg, node_context(node))
-        for i in range(2):
-            envelopes[i].append(blob_bytes(record[f"share-{i}"]))
-    base = {"round": 12, "length": LENGTH, "nodes": [1, 2, 3]}
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
 
-    def exchange(kind: str, expect: list[str], **fields: Any) -> list[Any]:
+    def envelopes(server_round: int) -> list[list[bytes]]:
+        out: list[list[bytes]] = [[], []]
+        with serverapp_identity():
+            setup = server.setup(
+                LoopbackGrid({}), server_round=server_round, node_ids=[1, 2, 3], timeout=5
+            )
+        for node in (1, 2, 3):
+            msg = instruction(setup[node], node_id=node)
+            record = client.protect(vectors[node], msg, node_context(node))
+            for i in range(2):
+                out[i].append(blob_bytes(record[f"share-{i}"]))
+        return out
+
+    def exchange(kind: str, expect: list[str], server_round: int, **fields: Any) -> list[Any]:
+        base = {"round": server_round, "length": LENGTH, "nodes": [1, 2, 3]}
+        sealed = envelopes(server_round) if kind == "open" else [[], []]
         return pool.exchange(
-            [
-                ({"type": kind, **base, **fields}, envelopes[i] if kind == "open" else [])
-                for i in range(2)
-            ],
+            [({"type": kind, **base, **fields}, sealed[i]) for i in range(2)],
             expect=expect,
             deadline=deadline,
         )
 
     # a score request with no reveal before it, or after a reveal without scoring
-    exchange("open", ["opened"])
+    exchange("open", ["opened"], 12)
     with pytest.raises(_PartyError, match="just revealed with scoring"):
-        exchange("score", ["scores", "scored"])
-    exchange("open", ["opened"])
-    exchange("reveal", ["sum", "revealed"], score=False)
+        exchange("score", ["scores", "scored"], 12)
+    exchange("open", ["opened"], 12)
+    exchange("reveal", ["sum", "revealed"], 12, score=False)
     with pytest.raises(_PartyError, match="just revealed with scoring"):
-        exchange("score", ["scores", "scored"])
+        exchange("score", ["scores", "scored"], 12)
+    # one sum per round: the round just revealed cannot be opened again
+    with pytest.raises(_PartyError, match="reveals one sum per round"):
+        exchange("open", ["opened"], 12)
     # the server asks for the scores of a subset (or a superset) of the contributors
-    for nodes in ([1, 2], [1, 2, 3, 4]):
-        exchange("open", ["opened"])
-        exchange("reveal", ["sum", "revealed"], score=True)
+    for server_round, nodes in ((13, [1, 2]), (14, [1, 2, 3, 4])):
+        exchange("open", ["opened"], server_round)
+        exchange("reveal", ["sum", "revealed"], server_round, score=True)
         with pytest.raises(_PartyError, match="just revealed with scoring"):
-            exchange("score", ["scores", "scored"], nodes=nodes)
+            exchange("score", ["scores", "scored"], server_round, nodes=nodes)
         # that attempt dropped the shares: no second chance
         with pytest.raises(_PartyError, match="just revealed with scoring"):
-            exchange("score", ["scores", "scored"])
+            exchange("score", ["scores", "scored"], server_round)
     # another request in between drops them too
-    exchange("open", ["opened"])
-    exchange("reveal", ["sum", "revealed"], score=True)
-    exchange("open", ["opened"])
+    exchange("open", ["opened"], 15)
+    exchange("reveal", ["sum", "revealed"], 15, score=True)
+    exchange("open", ["opened"], 16)
     with pytest.raises(_PartyError, match="just revealed with scoring"):
-        exchange("score", ["scores", "scored"])
+        exchange("score", ["scores", "scored"], 15)
     # once and in order, it works
-    exchange("reveal", ["sum", "revealed"], score=True)
-    answers = exchange("score", ["scores", "scored"])
+    exchange("reveal", ["sum", "revealed"], 16, score=True)
+    answers = exchange("score", ["scores", "scored"], 16)
     assert answers[0][0]["type"] == "scores" and answers[1] == (
-        {"type": "scored", "round": 12, "seq": answers[1][0]["seq"]},
+        {"type": "scored", "round": 16, "seq": answers[1][0]["seq"]},
         [],
     )
     with pytest.raises(_PartyError, match="just revealed with scoring"):
-        exchange("score", ["scores", "scored"])
+        exchange("score", ["scores", "scored"], 16)
     assert pool.healthy()  # refusals keep the parties in step
 
 

@@ -286,6 +286,9 @@ class _Party:
         self._round: tuple[int, int] | None = None  # (server_round, length)
         self._shares: dict[int, NDArray[np.uint64]] = {}
         self._revealed: _Revealed | None = None  # kept by a reveal with scoring
+        # One sum per round: two sums of the same round over different contributor
+        # sets would give the server the difference, one client's update.
+        self._last_revealed = -1
 
     def forget_revealed(self) -> None:
         """Drop what a reveal kept for scoring (any request but ``score`` does)."""
@@ -298,6 +301,11 @@ class _Party:
             raise ValueError(f"{len(nodes)} nodes but {len(blobs)} envelopes")
         if len(set(nodes)) != len(nodes):
             raise ValueError("the node list has duplicates")
+        if server_round <= self._last_revealed:
+            raise ValueError(
+                f"round {server_round} is not after round {self._last_revealed}, whose sum "
+                "this party revealed: a party reveals one sum per round"
+            )
         self._round, self._shares = (server_round, length), {}
         failed: dict[str, str] = {}
         for node, envelope in zip(nodes, blobs, strict=True):
@@ -357,6 +365,7 @@ class _Party:
             total += self._shares[node]  # uint64 addition wraps mod 2**64 by definition
         kept = {node: self._shares[node] for node in nodes} if score else {}
         self._round, self._shares = None, {}
+        self._last_revealed = server_round
         local = torch.from_numpy(total.view(np.int64))
         shared = crypten.mpc.MPCTensor.from_shares(local, precision=PRECISION_BITS)
         # Only party 0 receives the sum, unless every party needs it to score.
