@@ -11,8 +11,8 @@ optimiser to it exactly as to a plaintext average. Strategies that need every
 update (median, trimmed mean, Krum, Bulyan) are refused.
 
 Wrap it in :class:`~fedlearn.strategies.ValidatedReplies` with
-``check=wrapper.check_reply`` so malformed protected replies are set aside
-and the round rule counts only well-formed ones.
+``payload_check=wrapper.check_reply`` so malformed protected replies are set
+aside and the round rule counts only well-formed ones.
 """
 
 from __future__ import annotations

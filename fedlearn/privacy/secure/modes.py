@@ -73,8 +73,15 @@ def server_protocol(cfg: RunConfig) -> ServerProtocol:
     """The server side of ``cfg.secure.mode`` (raise for ``"none"``)."""
     mode = cfg.secure.mode
     if mode == "ckks":
-        from fedlearn.privacy.secure.ckks import CkksServer
+        from fedlearn.privacy.secure.ckks import CkksParameters, CkksServer
 
+        sampled = math.ceil(cfg.federation.clients * cfg.federation.fraction_train)
+        if sampled > CkksParameters().max_clients:
+            raise ConfigError(
+                f"secure.mode = 'ckks' sums at most {CkksParameters().max_clients} clients per "
+                f"round without overflow; this run samples {sampled} (lower "
+                "federation.fraction-train, or use secagg+ or crypten)"
+            )
         return CkksServer(min_contributors=max(2, cfg.federation.min_train_clients))
     if mode == "secagg+":
         from fedlearn.privacy.secure.secaggplus import SecAggPlusServer
