@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Any, cast
 
-from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 
 from fedlearn.privacy.secure.aggregation import (
@@ -85,7 +85,12 @@ def secure_aggregation_mod(msg: Message, context: Context, call_next: ClientAppC
         return _error(msg, f"cannot protect the update ({mode}): {exc}")
     context.state[_GUARD] = ConfigRecord({"last-round": server_round})
     content: dict[str, Any] = {BLOBS: protected}
-    content.update(reply.content.metric_records)
+    if bool(config.get(UNIFORM_KEY, False)):
+        # Under DP the count and the loss are un-noised statistics of the records:
+        # only the public weight of 1 leaves, as the protected vector says.
+        content["metrics"] = MetricRecord({"num-examples": 1})
+    else:
+        content.update(reply.content.metric_records)
     content.update(reply.content.config_records)  # e.g. the privacy-ledger report
     return Message(RecordDict(content), reply_to=msg)
 
