@@ -130,3 +130,17 @@ def test_wrapper_refuses_a_nonlinear_strategy_object() -> None:
 
     with pytest.raises(ValueError, match="FedMedian needs every individual update"):
         SecureAggregation(FedMedian(), protocol=SecAggPlusServer(), min_contributors=3)
+
+
+@pytest.mark.parametrize("mode", ["ckks", "crypten"])
+def test_distributed_dp_composes_with_the_mode(tmp_path: Path, mode: str) -> None:
+    """Noise shares (σC/√t each) fit the mode's value range through the public scale."""
+    history, model, _ = _run(
+        tmp_path,
+        mode,
+        privacy={"central-dp": "distributed", "central-noise-multiplier": 1.0},
+    )
+    for record in history.rounds:
+        assert record.applied and record.secure["contributors"] == CLIENTS
+        assert record.central_privacy["epsilon"] > 0
+    assert all(np.isfinite(a).all() for a in model.values())
