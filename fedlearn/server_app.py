@@ -278,7 +278,6 @@ class _Stack:
     validated: ValidatedReplies
     attestation: RoundAttestation | None
     secure: SecureAggregation | None
-    scoring: ContributionScoring | None
     central: CentralDP | None
     inner: Strategy
 
@@ -373,7 +372,7 @@ def _build_stack(
         reply_checks=(attestation.check_reply,) if attestation is not None else (),
         max_examples=cfg.secure.max_examples,
     )
-    return _Stack(validated, attestation, secure, scoring, central, inner)
+    return _Stack(validated, attestation, secure, central, inner)
 
 
 def _final_flush(session: AttestationSession, seconds: float) -> None:
