@@ -24,6 +24,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import time
@@ -46,10 +47,7 @@ from fedlearn.history import History, RoundRecord
 from fedlearn.simulation import simulate
 
 __all__ = [
-    "secure_ckks_round",
-    "secure_crypten_round",
     "secure_scaling",
-    "secure_secaggplus_round",
 ]
 
 CLIENTS = 10
@@ -319,67 +317,15 @@ _ROUND_DESCRIPTION = (
 )
 
 
-@register(
-    "secure_ckks_round",
-    target=Target("<=", 1.3),
-    description=_ROUND_DESCRIPTION.format(mode="ckks"),
-)
-def secure_ckks_round(ctx: BenchContext) -> Outcome:
-    """CKKS round time over plaintext on Ray.
+#: Each mode's round benchmark and its target (round time over plaintext).
+ROUND_TARGETS = {"ckks": 1.3, "secagg+": 1.5, "crypten": 2.0}
 
-    Parameters
-    ----------
-    ctx : BenchContext
-        Runner context.
-
-    Returns
-    -------
-    Outcome
-        Headline: median CKKS round / median plaintext round.
-    """
-    return _round_benchmark(ctx, "ckks")
-
-
-@register(
-    "secure_secaggplus_round",
-    target=Target("<=", 1.5),
-    description=_ROUND_DESCRIPTION.format(mode="secagg+"),
-)
-def secure_secaggplus_round(ctx: BenchContext) -> Outcome:
-    """SecAgg+ round time over plaintext on Ray.
-
-    Parameters
-    ----------
-    ctx : BenchContext
-        Runner context.
-
-    Returns
-    -------
-    Outcome
-        Headline: median SecAgg+ round / median plaintext round.
-    """
-    return _round_benchmark(ctx, "secagg+")
-
-
-@register(
-    "secure_crypten_round",
-    target=Target("<=", 2.0),
-    description=_ROUND_DESCRIPTION.format(mode="crypten"),
-)
-def secure_crypten_round(ctx: BenchContext) -> Outcome:
-    """CrypTen round time over plaintext on Ray.
-
-    Parameters
-    ----------
-    ctx : BenchContext
-        Runner context.
-
-    Returns
-    -------
-    Outcome
-        Headline: median CrypTen round / median plaintext round.
-    """
-    return _round_benchmark(ctx, "crypten")
+for _mode, _limit in ROUND_TARGETS.items():
+    register(
+        f"secure_{_mode.replace('+', 'plus')}_round",
+        target=Target("<=", _limit),
+        description=_ROUND_DESCRIPTION.format(mode=_mode),
+    )(functools.partial(_round_benchmark, mode=_mode))
 
 
 # --------------------------------------------------------------------------- scaling

@@ -22,10 +22,9 @@ server reads and sums them.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +36,7 @@ from numpy.typing import NDArray
 from fedlearn.client_app import client_seed, default_model
 from fedlearn.config import RunConfig
 from fedlearn.data import partition_bundled, split_validation
-from fedlearn.loopback import LoopbackGrid
+from fedlearn.loopback import LoopbackGrid, serverapp_identity
 from fedlearn.privacy.secure.base import BLOBS, QUERY_TYPE, ServerProtocol, stage_of
 from fedlearn.privacy.secure.client_mod import handle_secure_query
 from fedlearn.privacy.secure.modes import client_protocol, server_protocol
@@ -60,24 +59,6 @@ __all__ = [
 SECURE_MODES: tuple[str, ...] = ("ckks", "secagg+", "crypten")
 #: Seconds each protocol stage may wait (in process nothing waits; a bound, not a pause).
 _TIMEOUT = 600.0
-
-
-@contextlib.contextmanager
-def serverapp_identity() -> Iterator[None]:
-    """Let protocol code build Flower messages outside a ServerApp process.
-
-    Flower stamps every new message with the sending task's identity; a
-    benchmark drives the server side in a plain process, so it poses as the
-    ServerApp (run 1, node 0) for the duration and restores what was there.
-    """
-    from flwr.supercore.task_identity import TaskIdentity
-
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    try:
-        yield
-    finally:
-        TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
 
 
 def payload_bytes(msg: Message) -> int:

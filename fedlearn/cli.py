@@ -226,24 +226,15 @@ def demo(
 
 def _demo_rewards(history: Any, *, run_dir: Path, clients: int) -> list[dict[str, Any]]:
     """Each simulated holder verifies its records against the chain and claims its reward."""
-    from flwr.app import Context, RecordDict
-
     from fedlearn.attestation.bundle import claim_rewards, verify_bundles
-    from fedlearn.attestation.client_mod import simulated_wallet
+    from fedlearn.attestation.client_mod import partition_wallet
     from fedlearn.attestation.session import TOKEN_DECIMALS, run_contracts
 
     chain, contracts = run_contracts(run_dir)
     rows = []
     try:
         for partition in range(clients):
-            context = Context(
-                run_id=0,
-                node_id=0,
-                node_config={"partition-id": partition},
-                state=RecordDict(),
-                run_config={},
-            )
-            account = simulated_wallet(run_dir / "holders" / "wallets.secret", context)
+            account = partition_wallet(run_dir / "holders" / "wallets.secret", partition=partition)
             report = verify_bundles(run_dir=run_dir, address=account.address, contracts=contracts)
             chain.ensure_gas(account.address)
             claimed = claim_rewards(run_dir=run_dir, account=account, contracts=contracts)

@@ -19,19 +19,38 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from flwr.app import Context, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
-__all__ = ["DropRule", "Handler", "LoopbackGrid", "node_context"]
+__all__ = ["DropRule", "Handler", "LoopbackGrid", "node_context", "serverapp_identity"]
 
 #: ``(message, context) -> reply``, e.g. a ClientApp or a protocol's handler.
 Handler = Callable[[Message, Context], Message]
 #: ``(node_id, message) -> True`` if the node does not answer this message.
 DropRule = Callable[[int, Message], bool]
+
+
+@contextlib.contextmanager
+def serverapp_identity() -> Iterator[None]:
+    """Let strategies and protocols build Flower messages outside a ServerApp process.
+
+    Flower stamps every new message with the sending task's identity; code that
+    drives a server side in a plain process (a notebook, a test, a benchmark)
+    poses as the ServerApp (run 1, node 0) meanwhile and restores what was there.
+    """
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    try:
+        yield
+    finally:
+        TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
 
 
 def node_context(node_id: int, *, partition: int = 0, partitions: int = 1) -> Context:

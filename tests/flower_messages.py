@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator
 
 from flwr.app import Message, Metadata, RecordDict
+
+from fedlearn.loopback import serverapp_identity
+
+__all__ = ["instruction", "serverapp_identity"]
 
 
 def instruction(content: RecordDict, *, node_id: int, message_type: str = "train") -> Message:
@@ -23,16 +25,3 @@ def instruction(content: RecordDict, *, node_id: int, message_type: str = "train
         message_type=message_type,
     )
     return Message(content=content, metadata=metadata)
-
-
-@contextlib.contextmanager
-def serverapp_identity() -> Iterator[None]:
-    """Let strategies build instruction messages outside a ServerApp process."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    try:
-        yield
-    finally:
-        TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved

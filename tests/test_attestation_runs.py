@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context, Message
 
 from fedlearn.attestation.bundle import claim_rewards, verify_client
 from fedlearn.attestation.chain import Contracts, EmbeddedChain
-from fedlearn.attestation.client_mod import simulated_wallet
+from fedlearn.attestation.client_mod import partition_wallet, simulated_wallet
 from fedlearn.attestation.session import TOKEN_DECIMALS
 from fedlearn.client_app import make_client_app
 from fedlearn.config import RunConfig
@@ -61,14 +61,7 @@ def _run(
 
 
 def _wallet(run_dir: Path, partition: int) -> Any:
-    context = Context(
-        run_id=1,
-        node_id=0,
-        node_config={"partition-id": partition},
-        state=RecordDict(),
-        run_config={},
-    )
-    return simulated_wallet(run_dir / "holders" / "wallets.secret", context)
+    return partition_wallet(run_dir / "holders" / "wallets.secret", partition=partition)
 
 
 def _contracts(run_dir: Path) -> tuple[EmbeddedChain, Contracts]:

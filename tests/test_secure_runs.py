@@ -80,6 +80,13 @@ def test_secure_run_ends_at_the_plaintext_model(
     train = [m for m in grid.received if m.metadata.message_type == "train"]
     assert len(train) == 2 * CLIENTS
     assert all(set(m.content.array_records) == {BLOBS} for m in train)
+    # A node protects one update per round: the last round's request, sent again, is refused.
+    replay = next(m for m in reversed(grid.sent) if m.metadata.message_type == "train")
+    node = replay.metadata.dst_node_id
+    answer = grid.handlers[node](replay, grid.contexts[node])
+    assert answer.has_error() and "already sent a protected update for round 2" in (
+        answer.error.reason
+    )
 
 
 def test_server_momentum_runs_on_the_decrypted_aggregate(

@@ -39,6 +39,7 @@ __all__ = [
     "WalletProvider",
     "make_attestation_mod",
     "node_wallet",
+    "partition_wallet",
     "payload_bytes",
     "simulated_wallet",
 ]
@@ -97,7 +98,13 @@ def node_wallet(context: Context) -> LocalAccount:
 
 
 def simulated_wallet(secret_file: str | Path, context: Context) -> LocalAccount:
-    """A simulated holder's wallet, derived from a per-run secret and its partition.
+    """A simulated node's wallet (a :data:`WalletProvider`): see :func:`partition_wallet`."""
+    partition = int(cast(int, context.node_config.get("partition-id", context.node_id)))
+    return partition_wallet(secret_file, partition=partition)
+
+
+def partition_wallet(secret_file: str | Path, *, partition: int) -> LocalAccount:
+    """The wallet of simulated holder ``partition``, derived from a per-run secret.
 
     The secret (32 random bytes, mode 0600) is created on first use; the
     key of partition ``i`` is ``SHA-256(secret || i)``. Simulation only: every
@@ -115,7 +122,6 @@ def simulated_wallet(secret_file: str | Path, context: Context) -> LocalAccount:
     secret = path.read_bytes()
     if len(secret) != 32:
         raise WalletError(f"{path} is not a wallet secret (expected 32 bytes)")
-    partition = int(cast(int, context.node_config.get("partition-id", context.node_id)))
     key = hashlib.sha256(secret + partition.to_bytes(8, "big")).digest()
     account: LocalAccount = Account.from_key(key)
     return account
