@@ -37,6 +37,7 @@ from fedlearn.data import Dataset, partition_bundled, schema_for, split_validati
 from fedlearn.models import build_model
 from fedlearn.simulation import backend_config
 from fedlearn.training import evaluate, train
+from fedlearn.wire import EXAMPLES_KEY, TRAIN_LOSS_KEY
 
 __all__ = ["BareRun", "client_app", "local_data", "run_bare_fedavg"]
 
@@ -97,7 +98,7 @@ def _train(msg: Message, context: Context) -> Message:
         )[0]
     )
     loss = train(model, train_set, _CFG.train, seed=seed)
-    metrics = MetricRecord({"num-examples": len(train_set), "train-loss": loss})
+    metrics = MetricRecord({EXAMPLES_KEY: len(train_set), TRAIN_LOSS_KEY: loss})
     content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics})
     return Message(content=content, reply_to=msg)
 
@@ -110,7 +111,7 @@ def _evaluate(msg: Message, context: Context) -> Message:
     model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
     result = evaluate(model, val_set if len(val_set) else train_set)
     metrics = MetricRecord(
-        {"num-examples": result.num_examples, "accuracy": result.accuracy, "loss": result.loss}
+        {EXAMPLES_KEY: result.num_examples, "accuracy": result.accuracy, "loss": result.loss}
     )
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
 

@@ -39,10 +39,11 @@ from benchmarks.bare_flower import client_app as bare_client_app
 from benchmarks.bare_flower import local_data, run_bare_fedavg
 from benchmarks.core import BenchContext, Outcome, Target, median, register
 from fedlearn.checkpoint import save_checkpoint
-from fedlearn.client_app import CONFIG_KEY, default_model, make_client_app, node_data
+from fedlearn.client_app import default_model, make_client_app, node_data
 from fedlearn.config import RunConfig
 from fedlearn.history import History, RoundRecord
 from fedlearn.simulation import simulate
+from fedlearn.wire import CONFIG_KEY
 
 __all__ = ["overhead_fedavg"]
 

@@ -37,11 +37,12 @@ from fedlearn.client_app import client_seed, default_model
 from fedlearn.config import RunConfig
 from fedlearn.data import partition_bundled, split_validation
 from fedlearn.loopback import LoopbackGrid, serverapp_identity
-from fedlearn.privacy.secure.base import BLOBS, QUERY_TYPE, ServerProtocol, stage_of
+from fedlearn.privacy.secure.base import ServerProtocol, stage_of
 from fedlearn.privacy.secure.client_mod import handle_secure_query
 from fedlearn.privacy.secure.modes import client_protocol, server_protocol
 from fedlearn.privacy.secure.packing import client_vector, example_weight, mean_update
 from fedlearn.training import train
+from fedlearn.wire import EXAMPLES_KEY, SECURE_BLOBS, SECURE_QUERY_TYPE
 
 __all__ = [
     "SECURE_MODES",
@@ -245,7 +246,7 @@ class LoopbackAggregation:
 
     def _handle(self, msg: Message, context: Context) -> Message:
         node = int(context.node_id)
-        if msg.metadata.message_type == QUERY_TYPE:
+        if msg.metadata.message_type == SECURE_QUERY_TYPE:
             reply = handle_secure_query(msg, context)  # the ClientApp's real query handler
             self._replies.append((stage_of(msg), payload_bytes(reply)))
             return reply
@@ -255,8 +256,8 @@ class LoopbackAggregation:
             content = RecordDict({"arrays": protected})
         else:
             record = client_protocol(self.mode).protect(self._vectors[node], msg, context)
-            content = RecordDict({BLOBS: record})
-        content["metrics"] = MetricRecord({"num-examples": 1})
+            content = RecordDict({SECURE_BLOBS: record})
+        content["metrics"] = MetricRecord({EXAMPLES_KEY: 1})
         reply = Message(content, reply_to=msg)
         self._protect_seconds += time.perf_counter() - started
         self._replies.append(("train", payload_bytes(reply)))

@@ -26,7 +26,7 @@ from flwr.clientapp import ClientApp
 from torch import nn
 
 from fedlearn.attestation.client_mod import WalletProvider, make_attestation_mod, node_wallet
-from fedlearn.config import ConfigError, DataConfig, RunConfig
+from fedlearn.config import AccountantName, ConfigError, DataConfig, RunConfig
 from fedlearn.data import (
     DataError,
     Dataset,
@@ -46,18 +46,12 @@ from fedlearn.privacy.holder import (
 )
 from fedlearn.privacy.ledger import BudgetExceeded, PrivacyBudget, release_event
 from fedlearn.privacy.local_dp import DPSGDPlan, check_dp_compatible, plan_dp_sgd, train_dp_sgd
-from fedlearn.privacy.secure.client_mod import (
-    SECURE_ERROR,
-    handle_secure_query,
-    secure_aggregation_mod,
-)
+from fedlearn.privacy.secure.client_mod import handle_secure_query, secure_aggregation_mod
 from fedlearn.training import evaluate, train
+from fedlearn.wire import CONFIG_KEY, EXAMPLES_KEY, PRIVACY_KEY, TRAIN_LOSS_KEY, ErrorCode
 
 __all__ = [
-    "CONFIG_KEY",
-    "PRIVACY_KEY",
     "DataProvider",
-    "ErrorCode",
     "ModelFactory",
     "client_seed",
     "dp_round_plan",
@@ -67,26 +61,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Key of the run config (JSON) inside the ConfigRecord the server sends.
-CONFIG_KEY = "fedlearn-run-config"
-#: Key of the ConfigRecord in which a client reports its privacy-ledger entry.
-PRIVACY_KEY = "privacy"
-
 #: ``(context, run config) -> the client's whole local dataset``.
 DataProvider = Callable[[Context, RunConfig], Dataset]
 #: ``(run config) -> an untrained model`` with the same layout as the server's.
 ModelFactory = Callable[[RunConfig], nn.Module]
-
-
-class ErrorCode:
-    """Error codes of client replies (Flower reserves small numbers)."""
-
-    CONFIG = 1001
-    DATA = 1002
-    MODEL = 1003
-    TRAINING = 1004
-    BUDGET = 1005
-    SECURE = SECURE_ERROR
 
 
 @functools.lru_cache(maxsize=4)
@@ -152,7 +130,7 @@ def _budget(context: Context, cfg: RunConfig, *, simulated: bool) -> PrivacyBudg
 
 @functools.lru_cache(maxsize=64)
 def _calibrated_sigma(
-    target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str
+    target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: AccountantName
 ) -> float:
     """σ so the planned steps end at the target ε (a pure function: cached per process)."""
     return calibrate_noise_multiplier(
@@ -160,7 +138,7 @@ def _calibrated_sigma(
         delta=delta,
         sample_rate=sample_rate,
         steps=steps,
-        accountant=accountant,  # type: ignore[arg-type]
+        accountant=accountant,
     )
 
 
@@ -218,7 +196,7 @@ def _private_train(
         Path(str(context.node_config.get("ledger-dir", ledger_dir))),
         fingerprint=fingerprint,
         delta=budget.delta if budget else privacy.delta,
-        accountant=privacy.accountant,  # type: ignore[arg-type]
+        accountant=privacy.accountant,
         holder=f"client {client}",
     ) as state:
         if budget is not None and key not in state.released:
@@ -255,7 +233,7 @@ def _private_train(
             "steps": entry.steps,
         }
     )
-    metrics = MetricRecord({"num-examples": 1})
+    metrics = MetricRecord({EXAMPLES_KEY: 1})
     content = RecordDict(
         {"arrays": ArrayRecord(model.state_dict()), "metrics": metrics, PRIVACY_KEY: report}
     )
@@ -393,7 +371,7 @@ def make_client_app(
             )
         except (ValueError, RuntimeError) as exc:
             return _error(msg, ErrorCode.TRAINING, f"local training failed: {exc}")
-        metrics = MetricRecord({"num-examples": len(train_set), "train-loss": loss})
+        metrics = MetricRecord({EXAMPLES_KEY: len(train_set), TRAIN_LOSS_KEY: loss})
         content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics})
         return Message(content=content, reply_to=msg)
 
@@ -412,7 +390,7 @@ def make_client_app(
             )
         result = evaluate(model, val_set if len(val_set) else train_set)
         metrics = MetricRecord(
-            {"num-examples": result.num_examples, "accuracy": result.accuracy, "loss": result.loss}
+            {EXAMPLES_KEY: result.num_examples, "accuracy": result.accuracy, "loss": result.loss}
         )
         return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
 

@@ -17,25 +17,53 @@ import json
 import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Literal, Self, get_args
 
 __all__ = [
+    "ACCOUNTANTS",
+    "BUNDLED_DATASETS",
+    "CENTRAL_DP_MODES",
+    "DATASETS",
+    "PARTITIONERS",
+    "SCORING_METHODS",
+    "SECURE_MODES",
+    "AccountantName",
     "AttestationConfig",
+    "BundledDataset",
+    "CentralDPMode",
     "ConfigError",
     "DataConfig",
+    "DatasetName",
     "FederationConfig",
     "ModelConfig",
+    "Partitioner",
     "PrivacyConfig",
     "RunConfig",
+    "ScoringMethod",
     "SecureConfig",
+    "SecureMode",
     "ServerConfig",
     "TrainConfig",
 ]
 
-BUNDLED_DATASETS = ("digits", "mnist")
-PARTITIONERS = ("dirichlet", "iid")
-CENTRAL_DP_MODES = ("none", "server", "client", "distributed")
-SECURE_MODES = ("none", "ckks", "secagg+", "crypten")
+# The closed vocabularies of the config. Each Literal is the one source of truth:
+# the tuples beside them (for validation and help texts) are derived from it.
+BundledDataset = Literal["digits", "mnist"]
+DatasetName = Literal["digits", "mnist", "files"]
+Partitioner = Literal["dirichlet", "iid"]
+AccountantName = Literal["rdp", "pld"]
+CentralDPMode = Literal["none", "server", "client", "distributed"]
+SecureMode = Literal["none", "ckks", "secagg+", "crypten"]
+ScoringMethod = Literal["auto", "gtg-shapley", "leave-one-out", "exact-shapley", "examples"]
+
+BUNDLED_DATASETS: tuple[BundledDataset, ...] = get_args(BundledDataset)
+DATASETS: tuple[DatasetName, ...] = get_args(DatasetName)
+PARTITIONERS: tuple[Partitioner, ...] = get_args(Partitioner)
+ACCOUNTANTS: tuple[AccountantName, ...] = get_args(AccountantName)
+CENTRAL_DP_MODES: tuple[CentralDPMode, ...] = get_args(CentralDPMode)
+#: The secure modes, in the order the docs and benchmarks list them.
+SECURE_MODES: tuple[SecureMode, ...] = get_args(SecureMode)
+SCORING_METHODS: tuple[ScoringMethod, ...] = get_args(ScoringMethod)
 #: Strategies that need every individual update; secure modes only reveal the sum.
 NONLINEAR_STRATEGIES = ("fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan")
 
@@ -147,8 +175,8 @@ class DataConfig:
         ``(height, width)`` images in an image folder are resized to.
     """
 
-    dataset: str = "digits"
-    partitioner: str = "dirichlet"
+    dataset: DatasetName = "digits"
+    partitioner: Partitioner = "dirichlet"
     alpha: float = 0.5
     test_fraction: float = 0.2
     validation_fraction: float = 0.1
@@ -160,9 +188,9 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _require(
-            self.dataset in (*BUNDLED_DATASETS, "files"),
+            self.dataset in DATASETS,
             "data.dataset",
-            f"must be one of {[*BUNDLED_DATASETS, 'files']}, got {self.dataset!r}",
+            f"must be one of {list(DATASETS)}, got {self.dataset!r}",
         )
         _require(
             self.partitioner in PARTITIONERS,
@@ -318,9 +346,9 @@ class PrivacyConfig:
     target_epsilon: float = 3.0
     delta: float = 1e-5
     max_grad_norm: float = 1.0
-    accountant: str = "rdp"
+    accountant: AccountantName = "rdp"
     client_epsilon_budget: float = 0.0
-    central_dp: str = "none"
+    central_dp: CentralDPMode = "none"
     central_noise_multiplier: float = 1.0
     central_clipping_norm: float = 1.0
 
@@ -329,7 +357,11 @@ class PrivacyConfig:
         _require(self.target_epsilon > 0, "privacy.target-epsilon", "must be > 0")
         _require(0 < self.delta < 1, "privacy.delta", f"must be in (0, 1), got {self.delta}")
         _require(self.max_grad_norm > 0, "privacy.max-grad-norm", "must be > 0")
-        _require(self.accountant in ("rdp", "pld"), "privacy.accountant", "must be 'rdp' or 'pld'")
+        _require(
+            self.accountant in ACCOUNTANTS,
+            "privacy.accountant",
+            f"must be one of {list(ACCOUNTANTS)}, got {self.accountant!r}",
+        )
         _require(self.client_epsilon_budget >= 0, "privacy.client-epsilon-budget", "must be >= 0")
         _require(
             self.central_dp in CENTRAL_DP_MODES,
@@ -370,7 +402,7 @@ class SecureConfig:
         Number of CrypTen compute parties (>= 2).
     """
 
-    mode: str = "none"
+    mode: SecureMode = "none"
     max_examples: int = 1000
     secagg_num_shares: int = 0
     secagg_reconstruction_threshold: int = 0
@@ -404,9 +436,6 @@ class SecureConfig:
             "must be >= 2",
         )
         _require(self.crypten_parties >= 2, "secure.crypten-parties", "must be >= 2")
-
-
-SCORING_METHODS = ("auto", "gtg-shapley", "leave-one-out", "exact-shapley", "examples")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -444,7 +473,7 @@ class AttestationConfig:
     chain: str = "embedded"
     chain_dev_faucet: bool = False
     reward_per_round: int = 1000
-    scoring: str = "auto"
+    scoring: ScoringMethod = "auto"
     flush_seconds: float = 10.0
 
     def __post_init__(self) -> None:

@@ -44,7 +44,7 @@ from fedlearn.attestation.outbox import OutboxError
 from fedlearn.attestation.round_attestation import RoundAttestation
 from fedlearn.attestation.session import AttestationSession
 from fedlearn.checkpoint import load_latest, save_checkpoint
-from fedlearn.client_app import CONFIG_KEY, PRIVACY_KEY, ModelFactory, default_model
+from fedlearn.client_app import ModelFactory, default_model
 from fedlearn.config import ConfigError, RunConfig
 from fedlearn.data import Dataset, load_file, partition_bundled, schema_for
 from fedlearn.history import History, RoundRecord
@@ -61,6 +61,7 @@ from fedlearn.strategies import (
     import_state,
 )
 from fedlearn.training import evaluate
+from fedlearn.wire import CONFIG_KEY, PRIVACY_KEY, TRAIN_LOSS_KEY
 
 __all__ = ["RoundCallback", "make_server_app", "run_federation", "server_test_set"]
 
@@ -310,13 +311,13 @@ def _build_stack(
             ledger_path.unlink(missing_ok=True)  # a new run starts a new ledger
         aggregator = central = CentralDP(
             inner,
-            mode=cfg.privacy.central_dp,  # type: ignore[arg-type]
+            mode=cfg.privacy.central_dp,
             noise_multiplier=cfg.privacy.central_noise_multiplier,
             clipping_norm=cfg.privacy.central_clipping_norm,
             num_clients=fed.clients,
             min_replies=fed.min_train_clients,
             delta=cfg.privacy.delta,
-            accountant=cfg.privacy.accountant,  # type: ignore[arg-type]
+            accountant=cfg.privacy.accountant,
             ledger_path=ledger_path,
             behind_secure_aggregation=protocol is not None,
         )
@@ -336,7 +337,7 @@ def _build_stack(
             utility_data=test_set,  # type: ignore[arg-type]  # per_update checks it
             model_fn=lambda: model_fn(cfg),
             max_examples=cfg.secure.max_examples,
-            method="gtg-shapley" if method == "auto" else method,  # type: ignore[arg-type]
+            method="gtg-shapley" if method == "auto" else method,
             seed=fed.seed,
         )
     secure: SecureAggregation | None = None
@@ -454,7 +455,7 @@ def _run(
             round=server_round,
             federated_accuracy=_metric(recorder.eval_metrics, "accuracy"),
             federated_loss=_metric(recorder.eval_metrics, "loss"),
-            train_loss=_metric(recorder.train_metrics, "train-loss"),
+            train_loss=_metric(recorder.train_metrics, TRAIN_LOSS_KEY),
             sampled=report.sampled,
             accepted=report.accepted,
             rejected={str(k): v for k, v in report.rejected.items()},

@@ -11,6 +11,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from fedlearn.privacy.central_dp import CentralDP, clip_and_noise
 from fedlearn.privacy.noise import distributed_noise_std
+from fedlearn.wire import EXAMPLES_KEY
 from tests.flower_messages import instruction, serverapp_identity
 
 DIM = 20_000
@@ -39,7 +40,7 @@ def _reply(node: int, arrays: dict[str, np.ndarray]) -> Message:
     content = RecordDict(
         {
             "arrays": ArrayRecord({k: Array(v) for k, v in arrays.items()}),
-            "metrics": MetricRecord({"num-examples": 100}),
+            "metrics": MetricRecord({EXAMPLES_KEY: 100}),
         }
     )
     return Message(content=content, reply_to=instruction(RecordDict(), node_id=node))

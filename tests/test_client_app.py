@@ -9,9 +9,10 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
-from fedlearn.client_app import CONFIG_KEY, ErrorCode, default_model, make_client_app
+from fedlearn.client_app import default_model, make_client_app
 from fedlearn.config import RunConfig
 from fedlearn.data import Dataset, write_csv
+from fedlearn.wire import CONFIG_KEY, EXAMPLES_KEY, ErrorCode
 from tests.flower_messages import instruction
 
 CFG = RunConfig.from_dict(
@@ -52,7 +53,7 @@ def test_trains_on_own_csv_and_returns_update_of_the_same_layout(csv_file: Path)
     assert all(returned[k].shape == sent[k].shape for k in sent)
     assert any(not np.array_equal(returned[k].numpy(), sent[k].numpy()) for k in sent)
     holdout = round(40 * CFG.data.validation_fraction)
-    assert reply.content["metrics"]["num-examples"] == 40 - holdout
+    assert reply.content["metrics"][EXAMPLES_KEY] == 40 - holdout
 
 
 def test_missing_data_file_is_an_error_reply_naming_the_path(tmp_path: Path) -> None:

@@ -38,6 +38,7 @@ from fedlearn.strategies.shapley import (
     update_utility,
 )
 from fedlearn.training import evaluate, train
+from fedlearn.wire import EXAMPLES_KEY
 from tests.flower_messages import serverapp_identity
 
 torch.set_num_threads(1)
@@ -438,7 +439,7 @@ def _replies(
         content = RecordDict(
             {
                 "arrays": ArrayRecord({k: Array(v) for k, v in rnd.local_states[node - 1].items()}),
-                "metrics": MetricRecord({"num-examples": examples}),
+                "metrics": MetricRecord({EXAMPLES_KEY: examples}),
             }
         )
         replies.append(Message(content, reply_to=msg))
@@ -513,7 +514,7 @@ def test_unusable_replies_are_not_scored_but_still_reach_the_strategy(
     bad = RecordDict(
         {
             "arrays": ArrayRecord({k: Array(v) for k, v in nan_state.items()}),
-            "metrics": MetricRecord({"num-examples": 10}),
+            "metrics": MetricRecord({EXAMPLES_KEY: 10}),
         }
     )
     replies.append(Message(bad, reply_to=instructions[5]))
@@ -599,7 +600,7 @@ def test_exact_method_on_a_round_too_large_for_it_falls_back_to_gtg_and_says_so(
                             for k, v in global_state.items()
                         }
                     ),
-                    "metrics": MetricRecord({"num-examples": 5}),
+                    "metrics": MetricRecord({EXAMPLES_KEY: 5}),
                 }
             ),
             reply_to=msg,

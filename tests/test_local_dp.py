@@ -10,12 +10,13 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
 from torch import nn
 
-from fedlearn.client_app import CONFIG_KEY, PRIVACY_KEY, ErrorCode, default_model, make_client_app
+from fedlearn.client_app import default_model, make_client_app
 from fedlearn.config import RunConfig, TrainConfig
 from fedlearn.data import Dataset, write_csv
 from fedlearn.privacy import PrivacyLedger, UnsupportedLayerError, check_dp_compatible
 from fedlearn.privacy.holder import HolderPrivacy
 from fedlearn.privacy.local_dp import DPSGDPlan, plan_dp_sgd, train_dp_sgd
+from fedlearn.wire import CONFIG_KEY, EXAMPLES_KEY, PRIVACY_KEY, ErrorCode
 from tests.flower_messages import instruction
 
 
@@ -186,7 +187,7 @@ def test_under_local_dp_replies_carry_no_unnoised_statistics(holder: dict) -> No
     arrays = ArrayRecord(default_model(CFG).state_dict())
     reply = _train(holder, 1, arrays)
     metrics = reply.content["metrics"]
-    assert dict(metrics) == {"num-examples": 1}  # no loss, no record count
+    assert dict(metrics) == {EXAMPLES_KEY: 1}  # no loss, no record count
     config = ConfigRecord({CONFIG_KEY: CFG.to_json(), "server-round": 1})
     msg = instruction(
         RecordDict({"arrays": arrays, "config": config}), node_id=5, message_type="evaluate"

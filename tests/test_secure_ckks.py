@@ -13,8 +13,6 @@ import tenseal as ts
 from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
 
 from fedlearn.privacy.secure.base import (
-    BLOBS,
-    QUERY_TYPE,
     AggregationAbortedError,
     blob,
     blob_bytes,
@@ -23,9 +21,6 @@ from fedlearn.privacy.secure.base import (
 )
 from fedlearn.privacy.secure.ckks import (
     HE_STANDARD_MAX_MODULUS_BITS,
-    STAGE_DECRYPT,
-    STAGE_KEY,
-    STAGE_REGISTER,
     CkksClient,
     CkksParameters,
     CkksServer,
@@ -33,6 +28,7 @@ from fedlearn.privacy.secure.ckks import (
     _VectorProto,
 )
 from fedlearn.privacy.secure.envelope import EnvelopeError, generate_keypair, open_envelope
+from fedlearn.wire import EXAMPLES_KEY, SECURE_BLOBS, SECURE_QUERY_TYPE, CkksStage
 from tests.flower_messages import serverapp_identity
 from tests.loopback_grid import DropRule, LoopbackGrid
 
@@ -72,7 +68,7 @@ class Federation:
     def _handler(self, node: int) -> Callable[[Message, Context], Message]:
         def handle(msg: Message, ctx: Context) -> Message:
             client = self.clients[node]
-            if msg.metadata.message_type == QUERY_TYPE:
+            if msg.metadata.message_type == SECURE_QUERY_TYPE:
                 return client.handle_query(msg, ctx)
             try:
                 start = time.perf_counter()
@@ -80,7 +76,7 @@ class Federation:
                 self.encrypt_seconds.append(time.perf_counter() - start)
             except ValueError as exc:
                 return Message(Error(code=0, reason=str(exc)), reply_to=msg)
-            content = RecordDict({BLOBS: blobs, "metrics": MetricRecord({"num-examples": 1})})
+            content = RecordDict({SECURE_BLOBS: blobs, "metrics": MetricRecord({EXAMPLES_KEY: 1})})
             return Message(content, reply_to=msg)
 
         return handle
@@ -217,7 +213,7 @@ def test_wire_size_at_most_12_bytes_per_parameter(big_round: dict[str, Any]) -> 
     fed, replies = big_round["fed"], big_round["replies"]
     params = fed.server.parameters
     for reply in replies:
-        blobs = reply.content.array_records[BLOBS]
+        blobs = reply.content.array_records[SECURE_BLOBS]
         ct_bytes = sum(len(blob_bytes(blobs[k])) for k in blobs if k.startswith("ct-"))
         assert len([k for k in blobs if k.startswith("ct-")]) == params.ciphertext_count(100_000)
         per_param = ct_bytes / fed.length
@@ -253,7 +249,7 @@ def test_server_holds_no_secret_key_and_cannot_decrypt(big_round: dict[str, Any]
     assert isinstance(public, ts.Context)
     assert not public.is_private() and not public.has_secret_key()
     # Decrypting a client's ciphertext with the server's context fails.
-    blobs = big_round["replies"][0].content.array_records[BLOBS]
+    blobs = big_round["replies"][0].content.array_records[SECURE_BLOBS]
     vec = _VectorProto()
     vec.sizes.append(fed.server.parameters.slots)
     vec.ciphertexts.append(blob_bytes(blobs["ct-0"]))
@@ -294,14 +290,14 @@ def test_ceremony_with_5_nodes_gives_everyone_the_same_key() -> None:
     for n, content in records.items():
         assert content.config_records["secure"]["fingerprint"] == fingerprint
         assert "x25519-private" not in fed.state(n)  # registration keys are discarded
-    deals = [m for m in fed.grid.sent if m.metadata.message_type == QUERY_TYPE]
+    deals = [m for m in fed.grid.sent if m.metadata.message_type == SECURE_QUERY_TYPE]
     dealer = [m.metadata.dst_node_id for m in deals if stage_of(m) == "ckks-deal"]
     assert dealer == [5]  # the lowest registered node
 
     # Envelopes the server relayed: only their recipient could open them.
-    key_msgs = {m.metadata.dst_node_id: m for m in deals if stage_of(m) == STAGE_KEY}
+    key_msgs = {m.metadata.dst_node_id: m for m in deals if stage_of(m) == CkksStage.KEY}
     assert sorted(key_msgs) == [7, 11, 23, 42]
-    envelope = blob_bytes(key_msgs[7].content.array_records[BLOBS]["envelope"])
+    envelope = blob_bytes(key_msgs[7].content.array_records[SECURE_BLOBS]["envelope"])
     ceremony = fed.server._key.ceremony_id  # type: ignore[union-attr]
     stranger, _ = generate_keypair()
     label = f"fedlearn/ckks/secret-context/v1/run=1/ceremony={ceremony}/node=7".encode()
@@ -309,15 +305,15 @@ def test_ceremony_with_5_nodes_gives_everyone_the_same_key() -> None:
         open_envelope(stranger, envelope, label=label)
     # Node 11 re-registers (fresh X25519 key): node 7's envelope relayed to it is refused.
     fed.grid.send_and_receive(
-        [Message(request(STAGE_REGISTER, **{"ceremony-id": ceremony}), 11, QUERY_TYPE)]
+        [Message(request(CkksStage.REGISTER, **{"ceremony-id": ceremony}), 11, SECURE_QUERY_TYPE)]
     )
     private_11 = fed.state(11)["x25519-private"]
     with pytest.raises(EnvelopeError):
         open_envelope(private_11, envelope, label=label)
     relayed = request(
-        STAGE_KEY, **{"ceremony-id": ceremony, "fingerprint": fingerprint}, envelope=envelope
+        CkksStage.KEY, **{"ceremony-id": ceremony, "fingerprint": fingerprint}, envelope=envelope
     )
-    (reply,) = fed.grid.send_and_receive([Message(relayed, 11, QUERY_TYPE)])
+    (reply,) = fed.grid.send_and_receive([Message(relayed, 11, SECURE_QUERY_TYPE)])
     assert reply.has_error() and "cannot open the envelope" in reply.error.reason
 
 
@@ -329,7 +325,7 @@ def test_late_joiner_gets_the_key_from_a_holder() -> None:
     assert sorted(records) == [2, 3, 4]
     assert fed.server.fingerprint == fingerprint
     assert fed.state(4)["secret-context"] == fed.state(1)["secret-context"]
-    stages = [stage_of(m) for m in fed.grid.sent if m.metadata.message_type == QUERY_TYPE]
+    stages = [stage_of(m) for m in fed.grid.sent if m.metadata.message_type == SECURE_QUERY_TYPE]
     assert stages.count("ckks-deal") == 1 and stages.count("ckks-reshare") == 1
     total = fed.aggregate(fed.train(records, server_round=2), server_round=2)
     assert total.contributors == (2, 3, 4)
@@ -339,7 +335,11 @@ def test_late_joiner_gets_the_key_from_a_holder() -> None:
 
 def test_node_failing_a_ceremony_stage_is_left_out() -> None:
     def drop(node: int, msg: Message) -> bool:
-        return node == 3 and msg.metadata.message_type == QUERY_TYPE and stage_of(msg) == STAGE_KEY
+        return (
+            node == 3
+            and msg.metadata.message_type == SECURE_QUERY_TYPE
+            and stage_of(msg) == CkksStage.KEY
+        )
 
     fed = Federation([1, 2, 3, 4], length=100, drop=drop)
     records = fed.setup([1, 2, 3, 4])
@@ -360,9 +360,9 @@ def small_round() -> Iterator[Federation]:
 
 
 def _with_blobs(reply: Message, edit: Callable[[ArrayRecord], None]) -> Message:
-    blobs = ArrayRecord(dict(reply.content.array_records[BLOBS]))
+    blobs = ArrayRecord(dict(reply.content.array_records[SECURE_BLOBS]))
     edit(blobs)
-    content = RecordDict({BLOBS: blobs, "metrics": MetricRecord({"num-examples": 1})})
+    content = RecordDict({SECURE_BLOBS: blobs, "metrics": MetricRecord({EXAMPLES_KEY: 1})})
     return Message(content, dst_node_id=0, message_type="train")
 
 
@@ -373,7 +373,7 @@ def test_check_reply_accepts_honest_replies(small_round: Federation) -> None:
 
 def test_check_reply_rejects_malformed_ciphertexts(small_round: Federation) -> None:
     server, reply = small_round.server, small_round.replies[0]  # type: ignore[attr-defined]
-    good = blob_bytes(reply.content.array_records[BLOBS]["ct-1"])
+    good = blob_bytes(reply.content.array_records[SECURE_BLOBS]["ct-1"])
 
     def put(data: bytes) -> Callable[[ArrayRecord], None]:
         def edit(blobs: ArrayRecord) -> None:
@@ -416,7 +416,7 @@ def test_check_reply_rejects_other_context(small_round: Federation) -> None:
         server=CkksServer(parameters=params),
     )
     other_reply = other.train(other.setup([1, 2]))[0]
-    foreign = other_reply.content.array_records[BLOBS]
+    foreign = other_reply.content.array_records[SECURE_BLOBS]
 
     def swap_params(blobs: ArrayRecord) -> None:
         blobs["ct-0"] = foreign["ct-0"]
@@ -469,7 +469,9 @@ def test_node_dropping_after_setup_leaves_the_sum_of_the_others() -> None:
 def test_silent_first_decryptor_is_skipped() -> None:
     def drop(node: int, msg: Message) -> bool:
         return (
-            node == 1 and msg.metadata.message_type == QUERY_TYPE and stage_of(msg) == STAGE_DECRYPT
+            node == 1
+            and msg.metadata.message_type == SECURE_QUERY_TYPE
+            and stage_of(msg) == CkksStage.DECRYPT
         )
 
     fed = Federation([1, 2, 3], length=2500, seed=5, drop=drop)
@@ -477,7 +479,7 @@ def test_silent_first_decryptor_is_skipped() -> None:
     asked = [
         m.metadata.dst_node_id
         for m in fed.grid.sent
-        if m.metadata.message_type == QUERY_TYPE and stage_of(m) == STAGE_DECRYPT
+        if m.metadata.message_type == SECURE_QUERY_TYPE and stage_of(m) == CkksStage.DECRYPT
     ]
     assert asked == [1, 2]
     assert np.abs(
@@ -499,7 +501,7 @@ def test_decryptors_refuse_too_few_contributors() -> None:
     assert not [
         m
         for m in fed.grid.sent
-        if m.metadata.message_type == QUERY_TYPE and stage_of(m) == STAGE_DECRYPT
+        if m.metadata.message_type == SECURE_QUERY_TYPE and stage_of(m) == CkksStage.DECRYPT
     ]
 
 

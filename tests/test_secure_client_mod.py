@@ -8,25 +8,26 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 
 from fedlearn.loopback import node_context
 from fedlearn.privacy.secure.aggregation import (
-    MODE_KEY,
-    UNIFORM_KEY,
     AggregationAbortedError,
     SecureAggregation,
 )
 from fedlearn.privacy.secure.client_mod import secure_aggregation_mod
 from fedlearn.privacy.secure.secaggplus import SecAggPlusServer
+from fedlearn.wire import EXAMPLES_KEY, SECURE_MODE_KEY, SECURE_UNIFORM_KEY
 from tests.flower_messages import instruction
 
 
 def _train(server_round: int) -> Message:
-    config = ConfigRecord({MODE_KEY: "crypten", UNIFORM_KEY: True, "server-round": server_round})
+    config = ConfigRecord(
+        {SECURE_MODE_KEY: "crypten", SECURE_UNIFORM_KEY: True, "server-round": server_round}
+    )
     arrays = ArrayRecord({"w": Array(np.zeros(3, np.float32))})
     return instruction(RecordDict({"arrays": arrays, "config": config}), node_id=5)
 
 
 def _trained(msg: Message, context: Context) -> Message:
     arrays = ArrayRecord({"w": Array(np.ones(3, np.float32))})
-    metrics = MetricRecord({"num-examples": 10})
+    metrics = MetricRecord({EXAMPLES_KEY: 10})
     return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
 
 

@@ -20,13 +20,12 @@ from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordD
 
 from fedlearn.loopback import LoopbackGrid
 from fedlearn.privacy.secure.base import (
-    BLOBS,
-    QUERY_TYPE,
     ClientProtocol,
     SecureSum,
     ServerProtocol,
     blob,
 )
+from fedlearn.wire import EXAMPLES_KEY, SECURE_BLOBS, SECURE_QUERY_TYPE
 from tests.flower_messages import serverapp_identity
 
 NODES = (11, 12, 13, 14, 15)
@@ -111,14 +110,16 @@ class SecureModeContract:
 
         def handler(node: int) -> Any:
             def handle(msg: Message, context: Context) -> Message:
-                if msg.metadata.message_type == QUERY_TYPE:
+                if msg.metadata.message_type == SECURE_QUERY_TYPE:
                     return clients[node].handle_query(msg, context)
                 protected = clients[node].protect(vectors[node], msg, context)
                 secrets.extend(_state_secrets(context))
                 if node in garbage:
                     protected = ArrayRecord({k: blob(b"\x00garbage") for k in protected})
-                metrics = MetricRecord({"num-examples": 1})
-                return Message(RecordDict({BLOBS: protected, "metrics": metrics}), reply_to=msg)
+                metrics = MetricRecord({EXAMPLES_KEY: 1})
+                return Message(
+                    RecordDict({SECURE_BLOBS: protected, "metrics": metrics}), reply_to=msg
+                )
 
             return handle
 

@@ -31,7 +31,6 @@ import pytest
 from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
 
 from fedlearn.privacy.secure.base import (
-    BLOBS,
     AggregationAbortedError,
     SecureSum,
     blob,
@@ -41,7 +40,6 @@ from fedlearn.privacy.secure.base import (
 from fedlearn.privacy.secure.crypten_compat import PRECISION_BITS
 from fedlearn.privacy.secure.crypten_mode import (
     MAX_ABS,
-    STAGE,
     CryptenClient,
     CryptenServer,
     PartyPool,
@@ -60,6 +58,7 @@ from fedlearn.privacy.secure.crypten_party import (
     write_frame,
 )
 from fedlearn.privacy.secure.envelope import generate_keypair, open_envelope
+from fedlearn.wire import EXAMPLES_KEY, SECURE_BLOBS, CryptenStage
 from tests.flower_messages import instruction, serverapp_identity
 from tests.loopback_grid import LoopbackGrid, node_context
 
@@ -151,7 +150,7 @@ def _round(
         record = client.protect(vectors[node], msg, context)
         if node in tamper:
             record = tamper[node](record, msg, context)
-        content = RecordDict({BLOBS: record, "metrics": MetricRecord({"num-examples": 1})})
+        content = RecordDict({SECURE_BLOBS: record, "metrics": MetricRecord({EXAMPLES_KEY: 1})})
         return Message(content, reply_to=msg)
 
     grid = LoopbackGrid(dict.fromkeys(vectors, handler))
@@ -259,7 +258,9 @@ def _sealed_to_stranger(record: ArrayRecord, msg: Message, context: Context) -> 
     content = RecordDict(
         {
             name: (
-                ArrayRecord({**dict(rec), "party-key-0": blob(stranger)}) if name == BLOBS else rec
+                ArrayRecord({**dict(rec), "party-key-0": blob(stranger)})
+                if name == SECURE_BLOBS
+                else rec
             )
             for name, rec in msg.content.items()
         }
@@ -341,7 +342,7 @@ def test_one_share_alone_is_uniform_and_independent_of_the_vector() -> None:
     length, parties = 20_000, 3
     keys = [generate_keypair() for _ in range(parties)]
     content = request(
-        STAGE,
+        CryptenStage.TRAIN,
         run="r",
         round=1,
         parties=parties,
@@ -637,7 +638,7 @@ def test_killed_or_hung_party_aborts_and_close_leaves_nothing(parties: dict[str,
 def _train_message(parties: int = 2) -> tuple[Message, list[tuple[bytes, bytes]]]:
     keys = [generate_keypair() for _ in range(parties)]
     content = request(
-        STAGE,
+        CryptenStage.TRAIN,
         run="r",
         round=1,
         parties=parties,
@@ -668,7 +669,7 @@ def test_protect_rejects_bad_vectors(vector: Any, reason: str) -> None:
 def test_protect_rejects_bad_train_messages() -> None:
     with serverapp_identity():
         other = instruction(request("ckks.train"), node_id=3)
-        no_keys = instruction(request(STAGE, run="r", round=1, parties=2), node_id=3)
+        no_keys = instruction(request(CryptenStage.TRAIN, run="r", round=1, parties=2), node_id=3)
     with pytest.raises(ValueError, match=r"expected a 'crypten\.train'"):
         CryptenClient().protect(np.ones(3), other, node_context(3))
     with pytest.raises(ValueError, match="party-key-0"):

@@ -22,8 +22,8 @@ from fedlearn.client_app import make_client_app
 from fedlearn.config import ConfigError, RunConfig
 from fedlearn.history import History
 from fedlearn.privacy.secure.aggregation import SecureAggregation
-from fedlearn.privacy.secure.base import BLOBS, QUERY_TYPE
 from fedlearn.server_app import run_federation, server_test_set
+from fedlearn.wire import SECURE_BLOBS, SECURE_QUERY_TYPE
 from tests.flower_messages import serverapp_identity
 from tests.loopback_grid import DropRule, LoopbackGrid
 
@@ -79,7 +79,7 @@ def test_secure_run_ends_at_the_plaintext_model(
     # No train reply the server received carries a plaintext model.
     train = [m for m in grid.received if m.metadata.message_type == "train"]
     assert len(train) == 2 * CLIENTS
-    assert all(set(m.content.array_records) == {BLOBS} for m in train)
+    assert all(set(m.content.array_records) == {SECURE_BLOBS} for m in train)
     # A node protects one update per round: the last round's request, sent again, is refused.
     replay = next(m for m in reversed(grid.sent) if m.metadata.message_type == "train")
     node = replay.metadata.dst_node_id
@@ -111,7 +111,7 @@ def test_round_goes_on_without_a_client_that_vanishes_after_setup(tmp_path: Path
 
 def test_round_is_skipped_when_too_few_clients_remain(tmp_path: Path) -> None:
     def drop(node: int, msg: Message) -> bool:
-        return node in (101, 102, 103) and msg.metadata.message_type == QUERY_TYPE
+        return node in (101, 102, 103) and msg.metadata.message_type == SECURE_QUERY_TYPE
 
     history, model, _ = _run(tmp_path, "ckks", drop=drop)
     assert not any(r.applied for r in history.rounds)

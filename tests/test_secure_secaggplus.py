@@ -31,22 +31,17 @@ from flwr.app import (
 )
 
 from fedlearn.privacy.secure.base import (
-    BLOBS,
-    QUERY_TYPE,
     AggregationAbortedError,
     SecureSum,
     request,
     stage_of,
 )
 from fedlearn.privacy.secure.secaggplus import (
-    STAGE_SETUP,
-    STAGE_SHARE_KEYS,
-    STAGE_TRAIN,
-    STAGE_UNMASK,
     SecAggPlusClient,
     SecAggPlusServer,
     _neighbours,
 )
+from fedlearn.wire import EXAMPLES_KEY, SECURE_BLOBS, SECURE_QUERY_TYPE, SecAggStage
 from tests.flower_messages import instruction, serverapp_identity
 from tests.loopback_grid import DropRule, LoopbackGrid
 
@@ -64,11 +59,11 @@ SPACED = [sorted(NODE_IDS)[i] for i in (1, 4, 7, 10, 13, 16)]
 
 def stage_drop(stage: str, nodes: Iterable[int]) -> DropRule:
     """``nodes`` stop answering from ``stage`` on (the train message counts as a stage)."""
-    order = [STAGE_SETUP, STAGE_SHARE_KEYS, STAGE_TRAIN, STAGE_UNMASK]
+    order = [SecAggStage.SETUP, SecAggStage.SHARE_KEYS, SecAggStage.TRAIN, SecAggStage.UNMASK]
     gone = set(nodes)
 
     def drop(node: int, msg: Message) -> bool:
-        current = STAGE_TRAIN if msg.metadata.message_type == "train" else stage_of(msg)
+        current = SecAggStage.TRAIN if msg.metadata.message_type == "train" else stage_of(msg)
         return node in gone and order.index(current) >= order.index(stage)
 
     return drop
@@ -91,13 +86,13 @@ class Federation:
 
     def _handler(self, node: int) -> Callable[[Message, Context], Message]:
         def handle(msg: Message, ctx: Context) -> Message:
-            if msg.metadata.message_type == QUERY_TYPE:
+            if msg.metadata.message_type == SECURE_QUERY_TYPE:
                 return self.clients[node].handle_query(msg, ctx)
             if self.train_reply is not None:
                 return self.train_reply(node, msg, ctx)
             protected = self.clients[node].protect(self.vectors[node], msg, ctx)
             return Message(
-                RecordDict({BLOBS: protected, "metrics": MetricRecord({"num-examples": 1})}),
+                RecordDict({SECURE_BLOBS: protected, "metrics": MetricRecord({EXAMPLES_KEY: 1})}),
                 reply_to=msg,
             )
 
@@ -129,7 +124,7 @@ class Federation:
             )
 
     def sent_stages(self) -> list[str]:
-        return [stage_of(m) for m in self.grid.sent if m.metadata.message_type == QUERY_TYPE]
+        return [stage_of(m) for m in self.grid.sent if m.metadata.message_type == SECURE_QUERY_TYPE]
 
 
 def make_vectors(
@@ -162,10 +157,10 @@ def test_no_dropout_sum_within_bound_and_model_changes() -> None:
 @pytest.mark.parametrize(
     "stage",
     [
-        STAGE_SETUP,  # never answer setup
-        STAGE_SHARE_KEYS,  # answered setup, gone before sharing keys (Flower 1.41: KeyError)
-        STAGE_TRAIN,  # shared keys, never send a masked vector
-        STAGE_UNMASK,  # sent a masked vector, gone before unmasking
+        SecAggStage.SETUP,  # never answer setup
+        SecAggStage.SHARE_KEYS,  # answered setup, gone before sharing keys (Flower 1.41: KeyError)
+        SecAggStage.TRAIN,  # shared keys, never send a masked vector
+        SecAggStage.UNMASK,  # sent a masked vector, gone before unmasking
     ],
 )
 def test_twenty_clients_six_drop_at_one_stage(stage: str) -> None:
@@ -174,14 +169,14 @@ def test_twenty_clients_six_drop_at_one_stage(stage: str) -> None:
     fed = Federation(vectors, drop=stage_drop(stage, SPACED))
     result = fed.run(server)
     # Nodes that dropped in unmasking already sent their vector: they are in the sum.
-    survivors = set(NODE_IDS) if stage == STAGE_UNMASK else set(NODE_IDS) - set(SPACED)
+    survivors = set(NODE_IDS) if stage == SecAggStage.UNMASK else set(NODE_IDS) - set(SPACED)
     assert result.contributors == tuple(sorted(survivors))
     expected = plaintext_sum(vectors, survivors)
     assert np.max(np.abs(result.vector - expected)) <= server.error_bound(
         num_contributors=len(survivors)
     )
     # The sum of *all* twenty would be a different vector: the dropped are really out.
-    if stage != STAGE_UNMASK:
+    if stage != SecAggStage.UNMASK:
         assert np.max(np.abs(result.vector - plaintext_sum(vectors, NODE_IDS))) > 1.0
 
 
@@ -195,7 +190,7 @@ def test_error_replies_instead_of_masked_vectors_are_left_out() -> None:
             protected = fed.clients[node].protect(vectors[node], msg, ctx)
         except ValueError as exc:  # what the client mod does
             return Message(Error(code=2, reason=str(exc)), reply_to=msg)
-        return Message(RecordDict({BLOBS: protected}), reply_to=msg)
+        return Message(RecordDict({SECURE_BLOBS: protected}), reply_to=msg)
 
     server = SecAggPlusServer(num_shares=5, reconstruction_threshold=3)
     fed = Federation(vectors, train_reply=mod_like)
@@ -221,7 +216,7 @@ def test_nearest_rounding_equals_dequantized_integer_sum_exactly() -> None:
         modulus_range=2**40,
         stochastic_rounding=False,
     )
-    result = Federation(vectors, drop=stage_drop(STAGE_TRAIN, dropped)).run(server)
+    result = Federation(vectors, drop=stage_drop(SecAggStage.TRAIN, dropped)).run(server)
     survivors = sorted(set(vectors) - set(dropped))
     assert result.contributors == tuple(survivors)
     # Independent restatement of the spec: q_i = rint((x + c) Q / 2c), sum, dequantize.
@@ -267,17 +262,17 @@ def test_too_many_dropped_before_unmasking_aborts_without_revealing() -> None:
     victims = ring[2:5] + ring[6:9]  # around ring[5]: 2 of its 4 neighbours gone
     vectors = make_vectors(NODE_IDS, 8)
     server = SecAggPlusServer(num_shares=5, reconstruction_threshold=4, min_survivors=5)
-    fed = Federation(vectors, drop=stage_drop(STAGE_TRAIN, victims))
+    fed = Federation(vectors, drop=stage_drop(SecAggStage.TRAIN, victims))
     with pytest.raises(AggregationAbortedError, match=r"has only \d shares.*threshold is 4"):
         fed.run(server)
-    assert STAGE_UNMASK not in fed.sent_stages()  # nobody was asked to reveal anything
+    assert SecAggStage.UNMASK not in fed.sent_stages()  # nobody was asked to reveal anything
 
 
 def test_too_many_dropped_during_unmasking_aborts() -> None:
     ring = sorted(NODE_IDS)
     vectors = make_vectors(NODE_IDS, 8)
     server = SecAggPlusServer(num_shares=5, reconstruction_threshold=3, min_survivors=5)
-    fed = Federation(vectors, drop=stage_drop(STAGE_UNMASK, ring[:12]))
+    fed = Federation(vectors, drop=stage_drop(SecAggStage.UNMASK, ring[:12]))
     with pytest.raises(AggregationAbortedError, match=r"after unmasking.*threshold is 3"):
         fed.run(server)
 
@@ -285,7 +280,7 @@ def test_too_many_dropped_during_unmasking_aborts() -> None:
 def test_too_few_answer_setup_aborts() -> None:
     vectors = make_vectors(NODE_IDS[:10], 8)
     server = SecAggPlusServer(num_shares=5, reconstruction_threshold=3, min_survivors=6)
-    fed = Federation(vectors, drop=stage_drop(STAGE_SETUP, NODE_IDS[:5]))
+    fed = Federation(vectors, drop=stage_drop(SecAggStage.SETUP, NODE_IDS[:5]))
     with pytest.raises(AggregationAbortedError, match=r"only 5 nodes answered secagg-setup"):
         fed.run(server)
 
@@ -293,7 +288,7 @@ def test_too_few_answer_setup_aborts() -> None:
 def test_too_few_masked_vectors_aborts() -> None:
     vectors = make_vectors(NODE_IDS[:5], 8)
     server = SecAggPlusServer(num_shares=5, reconstruction_threshold=3)
-    fed = Federation(vectors, drop=stage_drop(STAGE_TRAIN, NODE_IDS[:3]))
+    fed = Federation(vectors, drop=stage_drop(SecAggStage.TRAIN, NODE_IDS[:3]))
     with pytest.raises(AggregationAbortedError, match=r"only 2 masked vectors"):
         fed.run(server)
 
@@ -355,10 +350,14 @@ def test_client_refuses_unsafe_setup_parameters() -> None:
         "stochastic-rounding": True,
     }
     with serverapp_identity():
-        reply = client.handle_query(Message(request(STAGE_SETUP, **fields), 1, QUERY_TYPE), ctx)
+        reply = client.handle_query(
+            Message(request(SecAggStage.SETUP, **fields), 1, SECURE_QUERY_TYPE), ctx
+        )
         assert reply.has_error() and "must be odd" in reply.error.reason
         fields.update({"num-shares": 5, "threshold": 2})
-        reply = client.handle_query(Message(request(STAGE_SETUP, **fields), 1, QUERY_TYPE), ctx)
+        reply = client.handle_query(
+            Message(request(SecAggStage.SETUP, **fields), 1, SECURE_QUERY_TYPE), ctx
+        )
         assert reply.has_error() and "threshold" in reply.error.reason
 
 
@@ -377,7 +376,9 @@ def _masked_federation(
 
 
 def _unmask(fed: Federation, node: int, active: list[int], dead: list[int]) -> Message:
-    msg = Message(request(STAGE_UNMASK, round=ROUND, active=active, dead=dead), node, QUERY_TYPE)
+    msg = Message(
+        request(SecAggStage.UNMASK, round=ROUND, active=active, dead=dead), node, SECURE_QUERY_TYPE
+    )
     return fed.clients[node].handle_query(msg, fed.grid.contexts[node])
 
 
@@ -393,9 +394,9 @@ def test_client_refuses_node_both_active_and_dead() -> None:
         # It revealed nothing and still answers a consistent request once...
         ok = _unmask(fed, node, active=[j for j in hood if j != other], dead=[other])
         assert not ok.has_error()
-        assert set(ok.content.array_records[BLOBS]) == {f"b-{j}" for j in hood if j != other} | {
-            f"sk-{other}"
-        }
+        assert set(ok.content.array_records[SECURE_BLOBS]) == {
+            f"b-{j}" for j in hood if j != other
+        } | {f"sk-{other}"}
         # ... and only once: a second request (now asking for the other secret) is refused.
         again = _unmask(fed, node, active=hood, dead=[])
         assert again.has_error() and "stage" in again.error.reason
@@ -435,7 +436,7 @@ def test_client_masks_one_vector_per_round() -> None:
     def capture(node: int, msg: Message, ctx: Context) -> Message:
         captured.append(msg)
         protected = fed.clients[node].protect(fed.vectors[node], msg, ctx)
-        return Message(RecordDict({BLOBS: protected}), reply_to=msg)
+        return Message(RecordDict({SECURE_BLOBS: protected}), reply_to=msg)
 
     vectors = make_vectors(NODE_IDS[:5], 10)
     fed = Federation(vectors, train_reply=capture)
@@ -446,9 +447,9 @@ def test_client_masks_one_vector_per_round() -> None:
             fed.clients[node].protect(vectors[node] * 0, captured[0], fed.grid.contexts[node])
         # And a fresh setup for the same round is refused too.
         msg = Message(
-            request(STAGE_SETUP, round=ROUND, **SecAggPlusServer()._params.fields()),
+            request(SecAggStage.SETUP, round=ROUND, **SecAggPlusServer()._params.fields()),
             node,
-            QUERY_TYPE,
+            SECURE_QUERY_TYPE,
         )
         reply = fed.clients[node].handle_query(msg, fed.grid.contexts[node])
         assert reply.has_error() and "already" in reply.error.reason
@@ -473,7 +474,9 @@ def test_check_reply_reasons_and_bad_reply_left_out() -> None:
 
     def with_blob(reply: Message, array: Array) -> Message:
         original = train_message(reply.metadata.src_node_id)
-        return Message(RecordDict({BLOBS: ArrayRecord({"masked": array})}), reply_to=original)
+        return Message(
+            RecordDict({SECURE_BLOBS: ArrayRecord({"masked": array})}), reply_to=original
+        )
 
     wrong_len = with_blob(by_node[nodes[1]], Array(np.zeros(length + 1, dtype=np.uint32)))
     assert "shape" in str(server.check_reply(wrong_len, length=length))
@@ -504,11 +507,12 @@ def test_check_reply_values_beyond_modulus() -> None:
     server = SecAggPlusServer(modulus_range=2**40)  # travels as uint64
     train = instruction(RecordDict(), node_id=NODE_IDS[0])
     masked = ArrayRecord({"masked": Array(np.full(4, 2**41, np.uint64))})
-    reply = Message(RecordDict({BLOBS: masked}), reply_to=train)
+    reply = Message(RecordDict({SECURE_BLOBS: masked}), reply_to=train)
     assert "modulus_range" in str(server.check_reply(reply, length=4))
     masked = ArrayRecord({"masked": Array(np.full(4, 2**40 - 1, np.uint64))})
     assert (
-        server.check_reply(Message(RecordDict({BLOBS: masked}), reply_to=train), length=4) is None
+        server.check_reply(Message(RecordDict({SECURE_BLOBS: masked}), reply_to=train), length=4)
+        is None
     )
 
 
@@ -558,9 +562,9 @@ def test_masked_vector_unrelated_to_plaintext_and_server_holds_no_private_key() 
         take_secrets(node, ctx)
         protected = fed.clients[node].protect(fed.vectors[node], msg, ctx)
         masked[node] = protected["masked"].numpy()
-        return Message(RecordDict({BLOBS: protected}), reply_to=msg)
+        return Message(RecordDict({SECURE_BLOBS: protected}), reply_to=msg)
 
-    fed = Federation(vectors, train_reply=capture, drop=stage_drop(STAGE_TRAIN, nodes[3:4]))
+    fed = Federation(vectors, train_reply=capture, drop=stage_drop(SecAggStage.TRAIN, nodes[3:4]))
     with serverapp_identity():
         replies = fed.train(server)
         take_secrets(nodes[3], fed.grid.contexts[nodes[3]])  # the node that dropped
@@ -604,7 +608,7 @@ def test_ten_clients_hundred_thousand_params_timing(record_property: Any) -> Non
     length = 100_000
     vectors = make_vectors(NODE_IDS[:10], length, clip=1.0)
     server = SecAggPlusServer(num_shares=5, reconstruction_threshold=3, clipping_range=1.0)
-    fed = Federation(vectors, drop=stage_drop(STAGE_TRAIN, NODE_IDS[:1]))
+    fed = Federation(vectors, drop=stage_drop(SecAggStage.TRAIN, NODE_IDS[:1]))
     start = time.perf_counter()
     result = fed.run(server)
     elapsed = time.perf_counter() - start

@@ -8,6 +8,7 @@ from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord, RecordDic
 from flwr.serverapp.strategy import FedAvg
 
 from fedlearn.strategies import ValidatedReplies
+from fedlearn.wire import EXAMPLES_KEY
 from tests.flower_messages import instruction
 
 GLOBAL = {"w": np.zeros((2, 3), dtype=np.float32), "b": np.zeros(3, dtype=np.float32)}
@@ -18,7 +19,7 @@ def reply(node: int, arrays: dict, examples: object = 10) -> Message:
     content = RecordDict(
         {
             "arrays": ArrayRecord({k: Array(v) for k, v in arrays.items()}),
-            "metrics": MetricRecord({"num-examples": examples}),
+            "metrics": MetricRecord({EXAMPLES_KEY: examples}),
         }
         if examples is not None
         else {"arrays": ArrayRecord({k: Array(v) for k, v in arrays.items()})}

@@ -32,10 +32,9 @@ from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 
 from fedlearn.attestation.signing import SignedCommitment, WalletError, load_wallet
+from fedlearn.wire import ATTEST_RUN_ID_KEY, ATTESTATION_KEY, ErrorCode
 
 __all__ = [
-    "ATTESTATION_KEY",
-    "RUN_ID_KEY",
     "WalletProvider",
     "make_attestation_mod",
     "node_wallet",
@@ -46,12 +45,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Train-config key naming the run id clients sign for (hex bytes32).
-RUN_ID_KEY = "attest-run-id"
-#: ConfigRecord of a reply that carries the signed commitment.
-ATTESTATION_KEY = "attestation"
-#: Error code of a reply the attestation layer could not sign.
-ATTESTATION_ERROR = 1007
 
 #: ``(context) -> the holder's wallet``.
 WalletProvider = Callable[[Context], LocalAccount]
@@ -132,7 +125,7 @@ def make_attestation_mod(wallet: WalletProvider) -> Callable[..., Message]:
 
     def attestation_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
         config = msg.content.config_records.get("config")
-        run_id = config.get(RUN_ID_KEY) if config is not None else None
+        run_id = config.get(ATTEST_RUN_ID_KEY) if config is not None else None
         if run_id is None:
             return call_next(msg, context)
         reply = call_next(msg, context)
@@ -150,7 +143,7 @@ def make_attestation_mod(wallet: WalletProvider) -> Callable[..., Message]:
         except (WalletError, ValueError, KeyError) as exc:
             log.warning("cannot sign this round's update: %s", exc)
             return Message(
-                Error(code=ATTESTATION_ERROR, reason=f"cannot sign the update: {exc}"),
+                Error(code=ErrorCode.ATTESTATION, reason=f"cannot sign the update: {exc}"),
                 reply_to=msg,
             )
         reply.content[ATTESTATION_KEY] = ConfigRecord(signed.to_dict())

@@ -39,14 +39,14 @@ from flwr.serverapp.strategy import Strategy
 
 from fedlearn.attestation.bundle import RoundBundle
 from fedlearn.attestation.chain import ChainError, Contracts
-from fedlearn.attestation.client_mod import ATTESTATION_KEY, RUN_ID_KEY, payload_bytes
+from fedlearn.attestation.client_mod import payload_bytes
 from fedlearn.attestation.leaves import Contribution, round_leaves
 from fedlearn.attestation.outbox import Outbox, OutboxError
 from fedlearn.attestation.signing import SignatureError, SignedCommitment, check_signed_commitment
-from fedlearn.client_app import PRIVACY_KEY
 from fedlearn.privacy.secure.aggregation import SecureAggregation
 from fedlearn.strategies.contribution import ContributionScoring
 from fedlearn.strategies.wrapper import StrategyWrapper
+from fedlearn.wire import ATTEST_RUN_ID_KEY, ATTESTATION_KEY, EXAMPLES_KEY, PRIVACY_KEY
 
 __all__ = ["ClientReward", "RoundAttestation", "RoundAttestationReport"]
 
@@ -152,7 +152,7 @@ class RoundAttestation(StrategyWrapper):
         self._round = server_round
         self._signed = {}
         self.last_report = RoundAttestationReport()
-        config[RUN_ID_KEY] = "0x" + self.run_id.hex()
+        config[ATTEST_RUN_ID_KEY] = "0x" + self.run_id.hex()
         return self.strategy.configure_train(server_round, arrays, config, grid)
 
     def check_reply(self, msg: Message) -> str | None:
@@ -305,8 +305,8 @@ class RoundAttestation(StrategyWrapper):
 
 def _examples(msg: Message) -> int:
     for metrics in msg.content.metric_records.values():
-        if "num-examples" in metrics:
-            return max(0, int(cast(float, metrics["num-examples"])))
+        if EXAMPLES_KEY in metrics:
+            return max(0, int(cast(float, metrics[EXAMPLES_KEY])))
     return 0
 
 

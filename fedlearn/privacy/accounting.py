@@ -43,6 +43,8 @@ import dp_accounting
 from dp_accounting.pld import PLDAccountant
 from dp_accounting.rdp import RdpAccountant
 
+from fedlearn.config import ACCOUNTANTS, AccountantName
+
 __all__ = [
     "DEFAULT_MAX_NOISE_MULTIPLIER",
     "RDP_ORDERS",
@@ -57,9 +59,6 @@ __all__ = [
     "sampled_gaussian_event",
 ]
 
-AccountantName = Literal["rdp", "pld"]
-"""``"rdp"``: Rényi DP (Mironov 2017); ``"pld"``: privacy-loss distributions."""
-
 Sampling = Literal["poisson", "fixed"]
 """How participants are drawn each step: independently (Poisson) or a fixed-size subset."""
 
@@ -67,7 +66,6 @@ DEFAULT_MAX_NOISE_MULTIPLIER = 1e4
 """Largest noise multiplier :func:`calibrate_noise` searches before giving up."""
 
 _MIN_NOISE_MULTIPLIER = 1e-3
-_ACCOUNTANTS = ("rdp", "pld")
 _SAMPLINGS = ("poisson", "fixed")
 _NeighborRel = dp_accounting.NeighboringRelation
 
@@ -127,7 +125,7 @@ def _check_accountant(accountant: object) -> AccountantName:
         return "rdp"
     if accountant == "pld":
         return "pld"
-    raise ValueError(f"accountant must be one of {list(_ACCOUNTANTS)}, got {accountant!r}")
+    raise ValueError(f"accountant must be one of {list(ACCOUNTANTS)}, got {accountant!r}")
 
 
 # --------------------------------------------------------------------------- events

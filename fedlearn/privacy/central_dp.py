@@ -58,18 +58,14 @@ from fedlearn.privacy.accounting import AccountantName
 from fedlearn.privacy.clipping import clip_by_global_norm, global_norm
 from fedlearn.privacy.ledger import LedgerEntry, PrivacyLedger
 from fedlearn.privacy.noise import add_gaussian_noise, central_noise_std, distributed_noise_std
-from fedlearn.privacy.secure.aggregation import CONTRIBUTORS_KEY
 from fedlearn.strategies.wrapper import StrategyWrapper
+from fedlearn.wire import DP_CLIP_KEY, DP_NOISE_KEY, EXAMPLES_KEY, SECURE_CONTRIBUTORS_KEY
 
 __all__ = ["CentralDP", "CentralDPMode", "user_level_dp_mod"]
 
 log = logging.getLogger(__name__)
 
 CentralDPMode = Literal["server", "client", "distributed"]
-
-#: ConfigRecord keys that tell clients to clip (and, distributed, to add noise).
-CLIP_KEY = "dp-clipping-norm"
-NOISE_KEY = "dp-noise-std"
 
 
 def _arrays(record: ArrayRecord) -> dict[str, NDArray[Any]]:
@@ -182,8 +178,8 @@ class CentralDP(StrategyWrapper):
     ) -> Iterable[Message]:
         """Sample clients; in client/distributed modes tell them to clip (and noise)."""
         if self.mode != "server":
-            config[CLIP_KEY] = self.clipping_norm
-            config[NOISE_KEY] = (
+            config[DP_CLIP_KEY] = self.clipping_norm
+            config[DP_NOISE_KEY] = (
                 distributed_noise_std(
                     noise_multiplier=self.noise_multiplier,
                     clipping_norm=self.clipping_norm,
@@ -250,7 +246,7 @@ class CentralDP(StrategyWrapper):
         first = replies[0]
         single = Message(  # type: ignore[call-overload]  # metadata-only form exists at run time
             content=RecordDict(
-                {"arrays": _record(noised), "metrics": MetricRecord({"num-examples": 1})}
+                {"arrays": _record(noised), "metrics": MetricRecord({EXAMPLES_KEY: 1})}
             ),
             metadata=first.metadata,
         )
@@ -278,8 +274,8 @@ class CentralDP(StrategyWrapper):
 def _secure_contributors(msg: Message) -> int | None:
     """How many clients a secure aggregate stands for (``None`` for a plain reply)."""
     for metrics in msg.content.metric_records.values():
-        if CONTRIBUTORS_KEY in metrics:
-            return int(cast(int, metrics[CONTRIBUTORS_KEY]))
+        if SECURE_CONTRIBUTORS_KEY in metrics:
+            return int(cast(int, metrics[SECURE_CONTRIBUTORS_KEY]))
     return None
 
 
@@ -303,15 +299,15 @@ def user_level_dp_mod(msg: Message, context: Context, call_next: ClientAppCallab
     """
     reply = call_next(msg, context)
     config = msg.content.config_records.get("config")
-    if reply.has_error() or config is None or CLIP_KEY not in config:
+    if reply.has_error() or config is None or DP_CLIP_KEY not in config:
         return reply
     sent = _arrays(msg.content.array_records["arrays"])
     trained = _arrays(reply.content.array_records["arrays"])
     keys = list(sent)
     protected = clip_and_noise(
         [trained[k].astype(np.float64) - sent[k] for k in keys],
-        clipping_norm=float(cast(float, config[CLIP_KEY])),
-        noise_std=float(cast(float, config.get(NOISE_KEY, 0.0))),
+        clipping_norm=float(cast(float, config[DP_CLIP_KEY])),
+        noise_std=float(cast(float, config.get(DP_NOISE_KEY, 0.0))),
     )
     reply.content["arrays"] = _record(
         {k: (sent[k] + p).astype(sent[k].dtype) for k, p in zip(keys, protected, strict=True)}

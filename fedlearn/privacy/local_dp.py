@@ -27,7 +27,7 @@ from opacus.optimizers import DPOptimizer
 from opacus.validators import ModuleValidator
 from torch import nn
 
-from fedlearn.config import TrainConfig
+from fedlearn.config import AccountantName, TrainConfig
 from fedlearn.data import Dataset
 
 __all__ = [
@@ -148,7 +148,7 @@ def train_centralized_dp(
     delta: float,
     max_grad_norm: float,
     generator: torch.Generator,
-    accountant: str = "rdp",
+    accountant: AccountantName = "rdp",
 ) -> tuple[float, DPSGDPlan]:
     """Train the centralized DP-SGD baseline at the same ε a federation's clients get.
 
@@ -173,7 +173,7 @@ def train_centralized_dp(
         delta=delta,
         sample_rate=unit.sample_rate,
         steps=unit.steps,
-        accountant=accountant,  # type: ignore[arg-type]
+        accountant=accountant,
     )
     plan = DPSGDPlan(unit.sample_rate, unit.steps, sigma, max_grad_norm)
     return train_dp_sgd(model, data, pooled, plan=plan, generator=generator), plan

@@ -41,6 +41,7 @@ from fedlearn.strategies.shapley import (
 )
 from fedlearn.strategies.wrapper import StrategyWrapper
 from fedlearn.training import evaluate
+from fedlearn.wire import EXAMPLES_KEY
 
 __all__ = ["METHODS", "UTILITIES", "ContributionScoring"]
 
@@ -119,7 +120,7 @@ class ContributionScoring(StrategyWrapper):
         Consecutive calm cycles GTG-Shapley needs to stop.
     max_cycles : int, default 50
         GTG-Shapley's cap: at most ``max_cycles * n`` permutations per round.
-    weighted_by_key : str, default "num-examples"
+    weighted_by_key : str, default EXAMPLES_KEY
         Metric that carries a reply's example count.
 
     Examples
@@ -155,7 +156,7 @@ class ContributionScoring(StrategyWrapper):
         convergence_tolerance: float = 0.05,
         convergence_window: int = 3,
         max_cycles: int = 50,
-        weighted_by_key: str = "num-examples",
+        weighted_by_key: str = EXAMPLES_KEY,
     ) -> None:
         if method not in METHODS:
             raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")

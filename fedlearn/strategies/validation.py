@@ -23,6 +23,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedlearn.strategies.wrapper import StrategyWrapper
+from fedlearn.wire import EXAMPLES_KEY
 
 __all__ = ["RoundReport", "ValidatedReplies"]
 
@@ -50,7 +51,7 @@ class ValidatedReplies(StrategyWrapper):
     min_replies : int
         The round's completion rule: the aggregate is applied only when at
         least this many valid updates arrived.
-    weighted_by_key : str, default "num-examples"
+    weighted_by_key : str, default EXAMPLES_KEY
         Metric every reply must carry as a positive, finite number.
     payload_check : callable, optional
         ``(reply) -> reason or None`` that replaces the plaintext array checks,
@@ -75,7 +76,7 @@ class ValidatedReplies(StrategyWrapper):
         strategy: Strategy,
         *,
         min_replies: int,
-        weighted_by_key: str = "num-examples",
+        weighted_by_key: str = EXAMPLES_KEY,
         payload_check: Callable[[Message], str | None] | None = None,
         reply_checks: Sequence[Callable[[Message], str | None]] = (),
         max_examples: int | None = None,

@@ -15,13 +15,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from fedlearn.privacy.secure.aggregation import SecureAggregation
     from fedlearn.privacy.secure.base import (
-        BLOBS,
-        MODES,
-        QUERY_TYPE,
-        RECORD,
         AggregationAbortedError,
         ClientProtocol,
-        SecureMode,
         SecureSum,
         ServerProtocol,
     )
@@ -31,10 +26,6 @@ if TYPE_CHECKING:
     from fedlearn.privacy.secure.secaggplus import SecAggPlusClient, SecAggPlusServer
 
 __all__ = [
-    "BLOBS",
-    "MODES",
-    "QUERY_TYPE",
-    "RECORD",
     "AggregationAbortedError",
     "CkksClient",
     "CkksParameters",
@@ -46,7 +37,6 @@ __all__ = [
     "SecAggPlusClient",
     "SecAggPlusServer",
     "SecureAggregation",
-    "SecureMode",
     "SecureSum",
     "ServerProtocol",
     "handle_secure_query",
@@ -56,13 +46,8 @@ __all__ = [
 _MODULES = {
     "aggregation": ("SecureAggregation",),
     "base": (
-        "BLOBS",
-        "MODES",
-        "QUERY_TYPE",
-        "RECORD",
         "AggregationAbortedError",
         "ClientProtocol",
-        "SecureMode",
         "SecureSum",
         "ServerProtocol",
     ),

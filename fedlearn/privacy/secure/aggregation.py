@@ -36,32 +36,28 @@ from flwr.serverapp.strategy import (
 from numpy.typing import NDArray
 
 from fedlearn.privacy.secure.base import (
-    BLOBS,
     AggregationAbortedError,
     ServerProtocol,
 )
 from fedlearn.privacy.secure.packing import mean_update, vector_length
 from fedlearn.strategies.wrapper import StrategyWrapper
+from fedlearn.wire import (
+    EXAMPLES_KEY,
+    SECURE_BLOBS,
+    SECURE_CONTRIBUTORS_KEY,
+    SECURE_MAX_EXAMPLES_KEY,
+    SECURE_MODE_KEY,
+    SECURE_SCALE_KEY,
+    SECURE_UNIFORM_KEY,
+)
 
 __all__ = [
-    "CONTRIBUTORS_KEY",
-    "MAX_EXAMPLES_KEY",
-    "MODE_KEY",
-    "SCALE_KEY",
-    "UNIFORM_KEY",
     "SecureAggregation",
     "SecureRoundReport",
 ]
 
 log = logging.getLogger(__name__)
 
-#: Train-config keys that tell clients to protect their update, and how to weight it.
-MODE_KEY = "secure-mode"
-UNIFORM_KEY = "secure-uniform-weights"
-MAX_EXAMPLES_KEY = "secure-max-examples"
-SCALE_KEY = "secure-value-scale"
-#: Metric of the aggregate reply: how many clients are in the sum.
-CONTRIBUTORS_KEY = "secure-contributors"
 
 _NEEDS_INDIVIDUAL_UPDATES = (FedMedian, FedTrimmedAvg, Krum, MultiKrum, Bulyan)
 
@@ -170,10 +166,10 @@ class SecureAggregation(StrategyWrapper):
         self._global = {k: a.numpy() for k, a in arrays.items()}
         self._length = vector_length(self._global)
         self.last_report = SecureRoundReport(mode=self.protocol.mode)
-        config[MODE_KEY] = self.protocol.mode
-        config[UNIFORM_KEY] = self.uniform_weights
-        config[SCALE_KEY] = self.value_scale
-        config[MAX_EXAMPLES_KEY] = self.max_examples
+        config[SECURE_MODE_KEY] = self.protocol.mode
+        config[SECURE_UNIFORM_KEY] = self.uniform_weights
+        config[SECURE_SCALE_KEY] = self.value_scale
+        config[SECURE_MAX_EXAMPLES_KEY] = self.max_examples
         messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
         if not messages:
             return messages
@@ -221,8 +217,8 @@ class SecureAggregation(StrategyWrapper):
             return f"client error: {msg.error.reason}"
         if "arrays" in msg.content.array_records:
             return "plaintext model update in a secure round (refused unread)"
-        if BLOBS not in msg.content.array_records:
-            return f"no protected update ({BLOBS!r} record missing)"
+        if SECURE_BLOBS not in msg.content.array_records:
+            return f"no protected update ({SECURE_BLOBS!r} record missing)"
         return self.protocol.check_reply(msg, length=self._length)
 
     def aggregate_train(
@@ -273,7 +269,7 @@ class SecureAggregation(StrategyWrapper):
                 {
                     "arrays": model,
                     "metrics": MetricRecord(
-                        {"num-examples": weight, CONTRIBUTORS_KEY: len(total.contributors)}
+                        {EXAMPLES_KEY: weight, SECURE_CONTRIBUTORS_KEY: len(total.contributors)}
                     ),
                 }
             ),
@@ -281,7 +277,7 @@ class SecureAggregation(StrategyWrapper):
         )
         arrays, metrics = self.strategy.aggregate_train(server_round, [aggregate])
         out = MetricRecord(dict(metrics) if metrics is not None else {})
-        out[CONTRIBUTORS_KEY] = len(total.contributors)
+        out[SECURE_CONTRIBUTORS_KEY] = len(total.contributors)
         return arrays, out
 
     def _check_weight(self, weight: float, contributors: int) -> None:

@@ -8,14 +8,15 @@ wrapped (linear) strategy.
 
 Wire conventions (shared by all modes):
 
-* stage requests are Flower messages of type :data:`QUERY_TYPE`; their
-  ``ConfigRecord`` :data:`RECORD` holds ``stage`` (str) and mode-specific
+* stage requests are Flower messages of type
+  :data:`~fedlearn.wire.SECURE_QUERY_TYPE`; their ``ConfigRecord``
+  :data:`~fedlearn.wire.SECURE_RECORD` holds ``stage`` (str) and mode-specific
   fields; binary blobs travel as ``uint8`` arrays in the ``ArrayRecord``
-  :data:`BLOBS` (:func:`request` builds both, :func:`blob_bytes` reads one);
-  replies use the same two record names;
+  :data:`~fedlearn.wire.SECURE_BLOBS` (:func:`request` builds both,
+  :func:`blob_bytes` reads one); replies use the same two record names;
 * the train message of a secure round also carries the records that
   :meth:`ServerProtocol.setup` produced for that node;
-* a protected train reply carries the ``ArrayRecord`` :data:`BLOBS` (and the
+* a protected train reply carries the ``ArrayRecord`` ``SECURE_BLOBS`` (and the
   usual ``MetricRecord`` "metrics"), never a plaintext ``"arrays"`` record.
 """
 
@@ -24,21 +25,19 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid
 from numpy.typing import NDArray
 
+from fedlearn.config import SecureMode
+from fedlearn.wire import SECURE_BLOBS, SECURE_RECORD
+
 __all__ = [
-    "MODES",
-    "QUERY_TYPE",
-    "RECORD",
-    "BLOBS",
     "AggregationAbortedError",
     "ClientProtocol",
-    "SecureMode",
     "SecureSum",
     "ServerProtocol",
     "blob",
@@ -46,16 +45,6 @@ __all__ = [
     "request",
     "stage_of",
 ]
-
-SecureMode = Literal["none", "ckks", "secagg+", "crypten"]
-#: The modes, in the order the docs and benchmarks list them.
-MODES: tuple[SecureMode, ...] = ("none", "ckks", "secagg+", "crypten")
-#: Message type of every protocol stage request (routed to ``@app.query("secure")``).
-QUERY_TYPE = "query.secure"
-#: Name of the ConfigRecord that carries protocol fields (``stage`` first of all).
-RECORD = "secure"
-#: Name of the ArrayRecord that carries binary blobs (uint8 arrays).
-BLOBS = "secure-blobs"
 
 
 class AggregationAbortedError(RuntimeError):
@@ -129,11 +118,11 @@ class ClientProtocol(abc.ABC):
 
     @abc.abstractmethod
     def handle_query(self, msg: Message, context: Context) -> Message:
-        """Answer a stage request (a :data:`QUERY_TYPE` message)."""
+        """Answer a stage request (a :data:`~fedlearn.wire.SECURE_QUERY_TYPE` message)."""
 
     @abc.abstractmethod
     def protect(self, vector: NDArray[np.float64], msg: Message, context: Context) -> ArrayRecord:
-        """Protect this client's vector: the :data:`BLOBS` record of the train reply."""
+        """Protect this client's vector: the ``SECURE_BLOBS`` record of the train reply."""
 
 
 def blob(data: bytes) -> Array:
@@ -150,9 +139,9 @@ def blob_bytes(array: Any) -> bytes:
 
 def stage_of(msg: Message) -> str:
     """The ``stage`` field of a stage request or secure train message."""
-    config = msg.content.config_records.get(RECORD)
+    config = msg.content.config_records.get(SECURE_RECORD)
     if config is None or not isinstance(config.get("stage"), str):
-        raise ValueError(f"message has no {RECORD!r} ConfigRecord with a 'stage'")
+        raise ValueError(f"message has no {SECURE_RECORD!r} ConfigRecord with a 'stage'")
     return str(config["stage"])
 
 
@@ -168,4 +157,4 @@ def request(stage: str, **fields: Any) -> RecordDict:
             arrays[key] = blob(value)
         else:
             config[key] = value
-    return RecordDict({RECORD: config, BLOBS: arrays})
+    return RecordDict({SECURE_RECORD: config, SECURE_BLOBS: arrays})

@@ -75,7 +75,7 @@ Stages (``query.secure`` messages, field ``stage``)
     keeps it and replies the fingerprint.
 ``ckks-decrypt``
     a contributor floods and decrypts the encrypted sum and replies it as a
-    float64 array (``BLOBS["sum"]``).
+    float64 array (``SECURE_BLOBS["sum"]``).
 
 The train message of a CKKS round carries ``stage="train"``, the ceremony id
 and the key fingerprint; :meth:`CkksClient.protect` refuses to encrypt under
@@ -99,18 +99,14 @@ import numpy as np
 import tenseal as ts
 import tenseal.sealapi as sealapi
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
-from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from numpy.typing import NDArray
 
+from fedlearn.config import SecureMode
 from fedlearn.privacy.secure.base import (
-    BLOBS,
-    QUERY_TYPE,
-    RECORD,
     AggregationAbortedError,
     ClientProtocol,
-    SecureMode,
     SecureSum,
     ServerProtocol,
     blob,
@@ -119,15 +115,10 @@ from fedlearn.privacy.secure.base import (
     stage_of,
 )
 from fedlearn.privacy.secure.envelope import EnvelopeError, generate_keypair, open_envelope, seal
+from fedlearn.wire import SECURE_BLOBS, SECURE_QUERY_TYPE, SECURE_RECORD, CkksStage, ErrorCode
 
 __all__ = [
     "HE_STANDARD_MAX_MODULUS_BITS",
-    "STAGE_DEAL",
-    "STAGE_DECRYPT",
-    "STAGE_KEY",
-    "STAGE_REGISTER",
-    "STAGE_RESHARE",
-    "STAGE_TRAIN",
     "CkksClient",
     "CkksParameters",
     "CkksServer",
@@ -146,12 +137,6 @@ HE_STANDARD_MAX_MODULUS_BITS: dict[int, int] = {
     32768: 881,
 }
 
-STAGE_REGISTER = "ckks-register"
-STAGE_DEAL = "ckks-deal"
-STAGE_RESHARE = "ckks-reshare"
-STAGE_KEY = "ckks-key"
-STAGE_DECRYPT = "ckks-decrypt"
-STAGE_TRAIN = "train"
 
 #: Where a node keeps its CKKS secrets in ``context.state`` (a ConfigRecord).
 _STATE = "fedlearn.secure.ckks"
@@ -166,7 +151,6 @@ _MIN_SCALE_BITS = 20
 _MAX_PRIME_BITS = 60
 _PUBLIC_KEY_BYTES = 32
 _ENCRYPTION_SYMMETRIC = 1
-_REFUSED = int(ErrorCode.MOD_FAILED_PRECONDITION)
 
 
 # --------------------------------------------------------------------------- parameters
@@ -610,8 +594,8 @@ def _fields(msg: Message, stage: str) -> tuple[ConfigRecord, ArrayRecord]:
         raise ValueError(f"error reply ({msg.error.code}): {msg.error.reason}")
     if stage_of(msg) != stage:
         raise ValueError(f"expected stage {stage!r}, got {stage_of(msg)!r}")
-    blobs = msg.content.array_records.get(BLOBS, ArrayRecord())
-    return msg.content.config_records[RECORD], blobs
+    blobs = msg.content.array_records.get(SECURE_BLOBS, ArrayRecord())
+    return msg.content.config_records[SECURE_RECORD], blobs
 
 
 def _blob(blobs: ArrayRecord, key: str) -> bytes:
@@ -659,7 +643,9 @@ def _exchange(
     if not contents:
         return {}
     msgs = [
-        Message(content, dst_node_id=node, message_type=QUERY_TYPE, group_id=str(server_round))
+        Message(
+            content, dst_node_id=node, message_type=SECURE_QUERY_TYPE, group_id=str(server_round)
+        )
         for node, content in contents.items()
     ]
     replies: dict[int, Message] = {}
@@ -773,13 +759,13 @@ class CkksServer(ServerProtocol):
             return {}
         train = ConfigRecord(
             {
-                "stage": STAGE_TRAIN,
+                "stage": CkksStage.TRAIN,
                 "ceremony-id": self._key.ceremony_id,
                 "fingerprint": self._key.fingerprint,
             }
         )
         return {
-            n: RecordDict({RECORD: ConfigRecord(dict(train))})
+            n: RecordDict({SECURE_RECORD: ConfigRecord(dict(train))})
             for n in nodes
             if n in self._key.holders
         }
@@ -788,12 +774,14 @@ class CkksServer(ServerProtocol):
         self, grid: Grid, nodes: list[int], ceremony_id: str, **kw: Any
     ) -> dict[int, bytes]:
         replies = _exchange(
-            grid, {n: request(STAGE_REGISTER, **{"ceremony-id": ceremony_id}) for n in nodes}, **kw
+            grid,
+            {n: request(CkksStage.REGISTER, **{"ceremony-id": ceremony_id}) for n in nodes},
+            **kw,
         )
         keys: dict[int, bytes] = {}
         for node, reply in replies.items():
             with contextlib.suppress(ValueError):
-                _, blobs = _fields(reply, STAGE_REGISTER)
+                _, blobs = _fields(reply, CkksStage.REGISTER)
                 key = _blob(blobs, "public-key")
                 if len(key) == _PUBLIC_KEY_BYTES:
                     keys[node] = key
@@ -814,16 +802,16 @@ class CkksServer(ServerProtocol):
         ceremony_id = secrets.token_hex(16)
         keys = self._register(grid, nodes, ceremony_id, **kw)
         for dealer in sorted(keys):
-            content = self._sharing_request(STAGE_DEAL, ceremony_id, keys, dealer)
+            content = self._sharing_request(CkksStage.DEAL, ceremony_id, keys, dealer)
             reply = _exchange(grid, {dealer: content}, **kw).get(dealer)
             if reply is None:
                 continue
             recipients = sorted(n for n in keys if n != dealer)
             try:
-                config, blobs = _fields(reply, STAGE_DEAL)
+                config, blobs = _fields(reply, CkksStage.DEAL)
                 fingerprint = _str(config, "fingerprint")
                 public = _load_public_context(_blob(blobs, "public-context"), self._params)
-                envelopes = self._envelopes(reply, STAGE_DEAL, recipients)
+                envelopes = self._envelopes(reply, CkksStage.DEAL, recipients)
             except ValueError:
                 continue
             self._key = _KeyState(ceremony_id, fingerprint, public, [dealer])
@@ -836,15 +824,15 @@ class CkksServer(ServerProtocol):
         if not keys:
             return True  # nobody to give the key to; the current holders still train
         for holder in list(self._key.holders):
-            content = self._sharing_request(STAGE_RESHARE, self._key.ceremony_id, keys, holder)
+            content = self._sharing_request(CkksStage.RESHARE, self._key.ceremony_id, keys, holder)
             reply = _exchange(grid, {holder: content}, **kw).get(holder)
             if reply is None:
                 continue
             try:
-                config, _ = _fields(reply, STAGE_RESHARE)
+                config, _ = _fields(reply, CkksStage.RESHARE)
                 if _str(config, "fingerprint") != self._key.fingerprint:
                     raise ValueError("holder reports another key")
-                envelopes = self._envelopes(reply, STAGE_RESHARE, sorted(keys))
+                envelopes = self._envelopes(reply, CkksStage.RESHARE, sorted(keys))
             except ValueError:
                 continue
             self._distribute(grid, envelopes, **kw)
@@ -856,7 +844,7 @@ class CkksServer(ServerProtocol):
         key = self._key
         contents = {
             node: request(
-                STAGE_KEY,
+                CkksStage.KEY,
                 **{"ceremony-id": key.ceremony_id, "fingerprint": key.fingerprint},
                 envelope=envelope,
             )
@@ -864,7 +852,7 @@ class CkksServer(ServerProtocol):
         }
         for node, reply in _exchange(grid, contents, **kw).items():
             with contextlib.suppress(ValueError):
-                config, _ = _fields(reply, STAGE_KEY)
+                config, _ = _fields(reply, CkksStage.KEY)
                 if _str(config, "fingerprint") == key.fingerprint and node not in key.holders:
                     key.holders.append(node)
 
@@ -894,9 +882,9 @@ class CkksServer(ServerProtocol):
             raise ValueError("no CKKS key has been set up")
         if msg.has_error():
             raise ValueError(f"the node replied an error ({msg.error.code}): {msg.error.reason}")
-        if BLOBS not in msg.content.array_records:
-            raise ValueError(f"reply has no {BLOBS!r} ArrayRecord")
-        blobs = msg.content.array_records[BLOBS]
+        if SECURE_BLOBS not in msg.content.array_records:
+            raise ValueError(f"reply has no {SECURE_BLOBS!r} ArrayRecord")
+        blobs = msg.content.array_records[SECURE_BLOBS]
         expected = {f"ct-{i}" for i in range(count)} | {"key"}
         if set(blobs) != expected:
             found = sorted(k for k in blobs if k != "key")
@@ -963,7 +951,7 @@ class CkksServer(ServerProtocol):
         assert self._key is not None
         sums = {f"sum-{i}": self._ring.dump(ct) for i, ct in enumerate(total)}
         content = request(
-            STAGE_DECRYPT,
+            CkksStage.DECRYPT,
             **{
                 "ceremony-id": self._key.ceremony_id,
                 "fingerprint": self._key.fingerprint,
@@ -993,7 +981,7 @@ class CkksServer(ServerProtocol):
 
 
 def _decrypted(reply: Message, length: int) -> NDArray[np.float64]:
-    _, blobs = _fields(reply, STAGE_DECRYPT)
+    _, blobs = _fields(reply, CkksStage.DECRYPT)
     if "sum" not in blobs:
         raise ValueError("decryption reply has no 'sum'")
     array = blobs["sum"]
@@ -1053,11 +1041,11 @@ class CkksClient(ClientProtocol):
     def handle_query(self, msg: Message, context: Context) -> Message:
         """Answer a CKKS stage request; refusals are error replies naming the reason."""
         handlers: dict[str, Callable[[Message, Context], RecordDict]] = {
-            STAGE_REGISTER: self._register,
-            STAGE_DEAL: self._deal,
-            STAGE_RESHARE: self._reshare,
-            STAGE_KEY: self._receive_key,
-            STAGE_DECRYPT: self._decrypt,
+            CkksStage.REGISTER: self._register,
+            CkksStage.DEAL: self._deal,
+            CkksStage.RESHARE: self._reshare,
+            CkksStage.KEY: self._receive_key,
+            CkksStage.DECRYPT: self._decrypt,
         }
         try:
             stage = stage_of(msg)
@@ -1065,7 +1053,7 @@ class CkksClient(ClientProtocol):
                 raise ValueError(f"unknown CKKS stage {stage!r}")
             content = handlers[stage](msg, context)
         except (ValueError, RuntimeError, TypeError) as exc:
-            return Message(Error(code=_REFUSED, reason=f"CKKS: {exc}"), reply_to=msg)
+            return Message(Error(code=ErrorCode.SECURE, reason=f"CKKS: {exc}"), reply_to=msg)
         return Message(content, reply_to=msg)
 
     # -- node state ----------------------------------------------------------------------
@@ -1086,13 +1074,13 @@ class CkksClient(ClientProtocol):
     # -- stages ----------------------------------------------------------------------------
 
     def _register(self, msg: Message, context: Context) -> RecordDict:
-        config, _ = _fields(msg, STAGE_REGISTER)
+        config, _ = _fields(msg, CkksStage.REGISTER)
         ceremony_id = _str(config, "ceremony-id")
         private, public = generate_keypair()
         state = self._state(context)
         state["x25519-private"] = private
         state["registered-for"] = ceremony_id
-        return request(STAGE_REGISTER, **{"public-key": public})
+        return request(CkksStage.REGISTER, **{"public-key": public})
 
     def _seal_to(
         self, config: ConfigRecord, blobs: ArrayRecord, secret: bytes, context: Context
@@ -1108,7 +1096,7 @@ class CkksClient(ClientProtocol):
         return envelopes
 
     def _deal(self, msg: Message, context: Context) -> RecordDict:
-        config, blobs = _fields(msg, STAGE_DEAL)
+        config, blobs = _fields(msg, CkksStage.DEAL)
         ceremony_id = _str(config, "ceremony-id")
         state = self._state(context)
         if state.get("registered-for") != ceremony_id:
@@ -1133,22 +1121,22 @@ class CkksClient(ClientProtocol):
         fingerprint = key_fingerprint(secret)
         self._keep(context, ceremony_id, fingerprint, secret)
         return request(
-            STAGE_DEAL,
+            CkksStage.DEAL,
             fingerprint=fingerprint,
             **{"public-context": _public_context_bytes(key)},
             **envelopes,
         )
 
     def _reshare(self, msg: Message, context: Context) -> RecordDict:
-        config, blobs = _fields(msg, STAGE_RESHARE)
+        config, blobs = _fields(msg, CkksStage.RESHARE)
         ceremony_id, fingerprint, secret = self._held_key(context)
         if _str(config, "ceremony-id") != ceremony_id:
             raise ValueError(f"this node holds the key of ceremony {ceremony_id}, not that one")
         envelopes = self._seal_to(config, blobs, secret, context)
-        return request(STAGE_RESHARE, fingerprint=fingerprint, **envelopes)
+        return request(CkksStage.RESHARE, fingerprint=fingerprint, **envelopes)
 
     def _receive_key(self, msg: Message, context: Context) -> RecordDict:
-        config, blobs = _fields(msg, STAGE_KEY)
+        config, blobs = _fields(msg, CkksStage.KEY)
         ceremony_id = _str(config, "ceremony-id")
         expected = _str(config, "fingerprint")
         state = self._state(context)
@@ -1165,7 +1153,7 @@ class CkksClient(ClientProtocol):
         if fingerprint != expected:
             raise ValueError("the key in the envelope does not match the announced fingerprint")
         self._keep(context, ceremony_id, fingerprint, secret)
-        return request(STAGE_KEY, fingerprint=fingerprint)
+        return request(CkksStage.KEY, fingerprint=fingerprint)
 
     def _keep(self, context: Context, ceremony_id: str, fingerprint: str, secret: bytes) -> None:
         state = self._state(context)
@@ -1177,7 +1165,7 @@ class CkksClient(ClientProtocol):
         state["secret-context"] = secret
 
     def _decrypt(self, msg: Message, context: Context) -> RecordDict:
-        config, blobs = _fields(msg, STAGE_DECRYPT)
+        config, blobs = _fields(msg, CkksStage.DECRYPT)
         _, fingerprint, secret = self._held_key(context)
         if _str(config, "fingerprint") != fingerprint:
             raise ValueError("the sum is under another key (fingerprint differs)")
@@ -1200,8 +1188,8 @@ class CkksClient(ClientProtocol):
         vector = np.concatenate(parts)
         return RecordDict(
             {
-                RECORD: ConfigRecord({"stage": STAGE_DECRYPT}),
-                BLOBS: ArrayRecord({"sum": Array(vector)}),
+                SECURE_RECORD: ConfigRecord({"stage": CkksStage.DECRYPT}),
+                SECURE_BLOBS: ArrayRecord({"sum": Array(vector)}),
             }
         )
 
@@ -1210,15 +1198,17 @@ class CkksClient(ClientProtocol):
     def protect(self, vector: NDArray[np.float64], msg: Message, context: Context) -> ArrayRecord:
         """Encrypt ``vector`` under the key the train message names.
 
-        Returns the :data:`BLOBS` record: ``ct-0 … ct-{k-1}`` (seeded symmetric
+        Returns the :data:`SECURE_BLOBS` record: ``ct-0 … ct-{k-1}`` (seeded symmetric
         CKKS ciphertexts, ``slots`` values each) and ``key`` (the key's
         fingerprint). ``ValueError`` if the message names another key, the node
         holds none, or the vector is not a finite 1-d vector with entries up to
         ``max_abs_value``.
         """
-        config = msg.content.config_records.get(RECORD)
-        if config is None or config.get("stage") != STAGE_TRAIN:
-            raise ValueError(f"the train message has no {RECORD!r} record with stage 'train'")
+        config = msg.content.config_records.get(SECURE_RECORD)
+        if config is None or config.get("stage") != CkksStage.TRAIN:
+            raise ValueError(
+                f"the train message has no {SECURE_RECORD!r} record with stage 'train'"
+            )
         ceremony_id, fingerprint, secret = self._held_key(context)
         if config.get("fingerprint") != fingerprint or config.get("ceremony-id") != ceremony_id:
             raise ValueError(

@@ -16,32 +16,31 @@ from typing import Any, cast
 from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 
-from fedlearn.privacy.secure.aggregation import (
-    MAX_EXAMPLES_KEY,
-    MODE_KEY,
-    SCALE_KEY,
-    UNIFORM_KEY,
-)
-from fedlearn.privacy.secure.base import BLOBS, stage_of
+from fedlearn.privacy.secure.base import stage_of
 from fedlearn.privacy.secure.modes import client_protocol
 from fedlearn.privacy.secure.packing import client_vector, example_weight
+from fedlearn.wire import (
+    EXAMPLES_KEY,
+    SECURE_BLOBS,
+    SECURE_GUARD_KEY,
+    SECURE_MAX_EXAMPLES_KEY,
+    SECURE_MODE_KEY,
+    SECURE_SCALE_KEY,
+    SECURE_UNIFORM_KEY,
+    ErrorCode,
+)
 
-__all__ = ["SECURE_ERROR", "handle_secure_query", "secure_aggregation_mod"]
+__all__ = ["handle_secure_query", "secure_aggregation_mod"]
 
 log = logging.getLogger(__name__)
 
-#: Error code of a reply refused by the secure layer (see ``fedlearn.client_app.ErrorCode``).
-SECURE_ERROR = 1006
-
-#: Node-state record of the last round this node protected an update for.
-_GUARD = "secure-last-round"
 
 #: Stage-name prefix of each mode's requests.
 _PREFIXES = {"ckks-": "ckks", "secagg-": "secagg+", "crypten-": "crypten"}
 
 
 def _error(msg: Message, reason: str) -> Message:
-    return Message(Error(code=SECURE_ERROR, reason=reason), reply_to=msg)
+    return Message(Error(code=ErrorCode.SECURE, reason=reason), reply_to=msg)
 
 
 def secure_aggregation_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -51,12 +50,12 @@ def secure_aggregation_mod(msg: Message, context: Context, call_next: ClientAppC
     else passes through unchanged.
     """
     config = msg.content.config_records.get("config")
-    mode = str(config.get(MODE_KEY, "none")) if config is not None else "none"
+    mode = str(config.get(SECURE_MODE_KEY, "none")) if config is not None else "none"
     if mode == "none":
         return call_next(msg, context)
     assert config is not None
     server_round = int(cast(int, config.get("server-round", 0)))
-    guard = context.state.config_records.get(_GUARD)
+    guard = context.state.config_records.get(SECURE_GUARD_KEY)
     last = int(cast(int, guard["last-round"])) if guard is not None else -1
     if server_round <= last:
         # A second protected update for a round would let sums be differenced, and
@@ -70,12 +69,12 @@ def secure_aggregation_mod(msg: Message, context: Context, call_next: ClientAppC
         sent = {k: a.numpy() for k, a in msg.content.array_records["arrays"].items()}
         trained = {k: a.numpy() for k, a in reply.content.array_records["arrays"].items()}
         metrics = reply.content.metric_records["metrics"]
-        if bool(config.get(UNIFORM_KEY, False)):
+        if bool(config.get(SECURE_UNIFORM_KEY, False)):
             weight = 1.0
         else:
-            cap = int(cast(int, config.get(MAX_EXAMPLES_KEY, 1000)))
-            weight = example_weight(float(cast(float, metrics["num-examples"])), max_examples=cap)
-        scale = float(cast(float, config.get(SCALE_KEY, 1.0)))
+            cap = int(cast(int, config.get(SECURE_MAX_EXAMPLES_KEY, 1000)))
+            weight = example_weight(float(cast(float, metrics[EXAMPLES_KEY])), max_examples=cap)
+        scale = float(cast(float, config.get(SECURE_SCALE_KEY, 1.0)))
         if not scale >= 1:
             raise ValueError(f"value scale {scale} must be >= 1")
         vector = client_vector(trained=trained, sent=sent, weight=weight) / scale
@@ -83,12 +82,12 @@ def secure_aggregation_mod(msg: Message, context: Context, call_next: ClientAppC
     except (KeyError, ValueError, RuntimeError) as exc:
         log.warning("secure aggregation (%s) refused this round: %s", mode, exc)
         return _error(msg, f"cannot protect the update ({mode}): {exc}")
-    context.state[_GUARD] = ConfigRecord({"last-round": server_round})
-    content: dict[str, Any] = {BLOBS: protected}
-    if bool(config.get(UNIFORM_KEY, False)):
+    context.state[SECURE_GUARD_KEY] = ConfigRecord({"last-round": server_round})
+    content: dict[str, Any] = {SECURE_BLOBS: protected}
+    if bool(config.get(SECURE_UNIFORM_KEY, False)):
         # Under DP the count and the loss are un-noised statistics of the records:
         # only the public weight of 1 leaves, as the protected vector says.
-        content["metrics"] = MetricRecord({"num-examples": 1})
+        content["metrics"] = MetricRecord({EXAMPLES_KEY: 1})
     else:
         content.update(reply.content.metric_records)
     content.update(reply.content.config_records)  # e.g. the privacy-ledger report

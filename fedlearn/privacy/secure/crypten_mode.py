@@ -120,12 +120,10 @@ from flwr.app import ArrayRecord, Context, Error, Message, RecordDict
 from flwr.serverapp import Grid
 from numpy.typing import NDArray
 
+from fedlearn.config import SecureMode
 from fedlearn.privacy.secure.base import (
-    BLOBS,
-    RECORD,
     AggregationAbortedError,
     ClientProtocol,
-    SecureMode,
     SecureSum,
     ServerProtocol,
     blob,
@@ -137,18 +135,17 @@ from fedlearn.privacy.secure.crypten_compat import PRECISION_BITS
 from fedlearn.privacy.secure.crypten_party import FrameError, read_frame, share_label, write_frame
 from fedlearn.privacy.secure.envelope import seal
 from fedlearn.processes import free_port
+from fedlearn.wire import SECURE_BLOBS, SECURE_RECORD, CryptenStage, ErrorCode
 
-__all__ = ["MAX_ABS", "STAGE", "CryptenClient", "CryptenServer", "PartyPool"]
+__all__ = ["MAX_ABS", "CryptenClient", "CryptenServer", "PartyPool"]
 
 #: Stage name of a train message in this mode (set by :meth:`CryptenServer.setup`).
-STAGE = "crypten.train"
 #: Largest absolute value a client may share (see the module's "Range").
 MAX_ABS = float(2**36)
 #: Bytes an envelope adds to its plaintext (ephemeral key 32, nonce 12, tag 16).
 _ENVELOPE_OVERHEAD = 60
 _KEY_BLOB = "party-key-{}"
 _SHARE_BLOB = "share-{}"
-_ERROR_CODE = 400
 #: Scoring may outlast the round's deadline by this much (it takes milliseconds).
 _SCORE_GRACE = 10.0
 _LOG = logging.getLogger(__name__)
@@ -582,7 +579,11 @@ class CryptenServer(ServerProtocol):
         keys = {_KEY_BLOB.format(i): key for i, key in enumerate(self._pool.public_keys)}
         return {
             node: request(
-                STAGE, run=self._pool.run, round=server_round, parties=self.parties, **keys
+                CryptenStage.TRAIN,
+                run=self._pool.run,
+                round=server_round,
+                parties=self.parties,
+                **keys,
             )
             for node in nodes
         }
@@ -592,9 +593,9 @@ class CryptenServer(ServerProtocol):
         _count("length", length, 1)
         if msg.has_error():
             return f"the reply is an error ({msg.error.code}: {msg.error.reason})"
-        if BLOBS not in msg.content.array_records:
-            return f"the reply has no {BLOBS!r} ArrayRecord"
-        record = msg.content.array_records[BLOBS]
+        if SECURE_BLOBS not in msg.content.array_records:
+            return f"the reply has no {SECURE_BLOBS!r} ArrayRecord"
+        record = msg.content.array_records[SECURE_BLOBS]
         expected = {_SHARE_BLOB.format(i) for i in range(self.parties)}
         unknown = sorted(set(record) - expected)
         if unknown:
@@ -645,7 +646,7 @@ class CryptenServer(ServerProtocol):
             if problem is not None:
                 dropped[node] = problem
                 continue
-            record = msg.content.array_records[BLOBS]
+            record = msg.content.array_records[SECURE_BLOBS]
             envelopes[node] = [
                 blob_bytes(record[_SHARE_BLOB.format(i)]) for i in range(self.parties)
             ]
@@ -765,7 +766,7 @@ class CryptenClient(ClientProtocol):
     Examples
     --------
     >>> client = CryptenClient()
-    >>> # in the client mod: reply.content[BLOBS] = client.protect(vector, msg, context)
+    >>> # in the client mod: reply.content[SECURE_BLOBS] = client.protect(vector, msg, context)
     """
 
     mode: ClassVar[SecureMode] = "crypten"
@@ -787,7 +788,7 @@ class CryptenClient(ClientProtocol):
             stage = f"<none: {exc}>"
         return Message(
             Error(
-                code=_ERROR_CODE,
+                code=ErrorCode.SECURE,
                 reason=f"the crypten mode has no client-side stage; got stage {stage!r}",
             ),
             reply_to=msg,
@@ -849,19 +850,19 @@ def _checked_vector(vector: Any) -> NDArray[np.float64]:
 
 def _train_fields(msg: Message) -> tuple[str, int, list[bytes]]:
     stage = stage_of(msg)
-    if stage != STAGE:
-        raise ValueError(f"expected a {STAGE!r} train message, got stage {stage!r}")
-    config = msg.content.config_records[RECORD]
+    if stage != CryptenStage.TRAIN:
+        raise ValueError(f"expected a {CryptenStage.TRAIN!r} train message, got stage {stage!r}")
+    config = msg.content.config_records[SECURE_RECORD]
     run, server_round, parties = config.get("run"), config.get("round"), config.get("parties")
     if not isinstance(run, str) or not run:
-        raise ValueError(f"the {RECORD!r} record has no 'run' token")
+        raise ValueError(f"the {SECURE_RECORD!r} record has no 'run' token")
     if isinstance(server_round, bool) or not isinstance(server_round, int) or server_round < 0:
-        raise ValueError(f"the {RECORD!r} record has no valid 'round': {server_round!r}")
+        raise ValueError(f"the {SECURE_RECORD!r} record has no valid 'round': {server_round!r}")
     if isinstance(parties, bool) or not isinstance(parties, int) or parties < 2:
-        raise ValueError(f"the {RECORD!r} record needs 'parties' >= 2, got {parties!r}")
-    if BLOBS not in msg.content.array_records:
-        raise ValueError(f"the train message has no {BLOBS!r} record with the party keys")
-    record = msg.content.array_records[BLOBS]
+        raise ValueError(f"the {SECURE_RECORD!r} record needs 'parties' >= 2, got {parties!r}")
+    if SECURE_BLOBS not in msg.content.array_records:
+        raise ValueError(f"the train message has no {SECURE_BLOBS!r} record with the party keys")
+    record = msg.content.array_records[SECURE_BLOBS]
     keys = []
     for index in range(parties):
         name = _KEY_BLOB.format(index)

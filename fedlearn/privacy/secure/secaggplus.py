@@ -12,7 +12,7 @@ legacy path lacks:
 * values outside ``±clipping_range`` are refused, never clamped.
 
 Protocol, for round ``r`` with sampled nodes ``S0`` (all stage requests are
-:data:`~fedlearn.privacy.secure.base.QUERY_TYPE` messages):
+:data:`~fedlearn.privacy.secure.base.SECURE_QUERY_TYPE` messages):
 
 1. ``secagg-setup``: the server sends the parameters; each client creates two
    SECP384R1 key pairs (``sk1`` for pairwise masks, ``sk2`` to encrypt shares)
@@ -76,7 +76,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
-from flwr.common.constant import ErrorCode
 from flwr.common.secure_aggregation.crypto.shamir import combine_shares, create_shares
 from flwr.common.secure_aggregation.crypto.symmetric_encryption import (
     decrypt,
@@ -97,38 +96,28 @@ from flwr.supercore.primitives.asymmetric import (
 )
 from numpy.typing import NDArray
 
+from fedlearn.config import SecureMode
 from fedlearn.privacy.secure.base import (
-    BLOBS,
-    QUERY_TYPE,
-    RECORD,
     AggregationAbortedError,
     ClientProtocol,
-    SecureMode,
     SecureSum,
     ServerProtocol,
     blob_bytes,
     request,
     stage_of,
 )
+from fedlearn.wire import SECURE_BLOBS, SECURE_QUERY_TYPE, SECURE_RECORD, ErrorCode, SecAggStage
 
 __all__ = [
-    "STAGE_SETUP",
-    "STAGE_SHARE_KEYS",
-    "STAGE_TRAIN",
-    "STAGE_UNMASK",
     "SecAggPlusClient",
     "SecAggPlusServer",
 ]
 
-#: Stage names (the ``stage`` field of the :data:`RECORD` ConfigRecord).
-STAGE_SETUP = "secagg-setup"
-STAGE_SHARE_KEYS = "secagg-share-keys"
-STAGE_TRAIN = "secagg-train"
-STAGE_UNMASK = "secagg-unmask"
+#: Stage names (the ``stage`` field of the :data:`SECURE_RECORD` ConfigRecord).
 
 #: Name of the client's ConfigRecord in ``context.state``.
 _STATE = "secaggplus"
-#: Name of the masked vector in the train reply's :data:`BLOBS` record.
+#: Name of the masked vector in the train reply's :data:`SECURE_BLOBS` record.
 _MASKED = "masked"
 #: Bytes of a SECP384R1 private scalar (what is secret-shared of ``sk1``).
 _SK_BYTES = 48
@@ -318,14 +307,14 @@ def _scalar_key(data: bytes) -> ec.EllipticCurvePrivateKey:
 
 
 def _config(msg: Message) -> ConfigRecord:
-    record = msg.content.config_records.get(RECORD)
+    record = msg.content.config_records.get(SECURE_RECORD)
     if record is None:
-        raise ValueError(f"message has no {RECORD!r} ConfigRecord")
+        raise ValueError(f"message has no {SECURE_RECORD!r} ConfigRecord")
     return record
 
 
 def _blobs(msg: Message) -> ArrayRecord:
-    record = msg.content.array_records.get(BLOBS)
+    record = msg.content.array_records.get(SECURE_BLOBS)
     return record if record is not None else ArrayRecord()
 
 
@@ -546,7 +535,7 @@ class SecAggPlusServer(ServerProtocol):
         # Stage 1: parameters out, two public keys back.
         replies = self._exchange(
             grid,
-            {n: request(STAGE_SETUP, round=server_round, **p.fields()) for n in ids},
+            {n: request(SecAggStage.SETUP, round=server_round, **p.fields()) for n in ids},
             server_round,
             timeout,
         )
@@ -577,7 +566,10 @@ class SecAggPlusServer(ServerProtocol):
             neighbour_keys = {f"pk1-{j}": state.pk1[j] for j in others}
             neighbour_keys.update({f"pk2-{j}": pk2[j] for j in others})
             outgoing[node] = request(
-                STAGE_SHARE_KEYS, round=server_round, keyed=list(state.keyed), **neighbour_keys
+                SecAggStage.SHARE_KEYS,
+                round=server_round,
+                keyed=list(state.keyed),
+                **neighbour_keys,
             )
         replies = self._exchange(grid, outgoing, server_round, timeout)
         ciphertexts: dict[tuple[int, int], bytes] = {}  # (source, destination) -> ciphertext
@@ -608,7 +600,7 @@ class SecAggPlusServer(ServerProtocol):
         for node in state.shared:
             sources = [j for j in state.neighbours[node] if j != node and j in shared]
             records[node] = request(
-                STAGE_TRAIN,
+                SecAggStage.TRAIN,
                 round=server_round,
                 shared=list(state.shared),
                 sources=sources,
@@ -627,9 +619,9 @@ class SecAggPlusServer(ServerProtocol):
         node = msg.metadata.src_node_id
         if self._rounds and not any(node in r.shared for r in self._rounds.values()):
             return f"node {node} was not given key shares in any open SecAgg+ round"
-        blobs = msg.content.array_records.get(BLOBS)
+        blobs = msg.content.array_records.get(SECURE_BLOBS)
         if blobs is None or _MASKED not in blobs:
-            return f"no masked vector (ArrayRecord {BLOBS!r} with {_MASKED!r})"
+            return f"no masked vector (ArrayRecord {SECURE_BLOBS!r} with {_MASKED!r})"
         array = blobs[_MASKED]
         dtype = np.dtype(self._params.wire_dtype).name
         if array.dtype != dtype or tuple(array.shape) != (length,):
@@ -714,7 +706,7 @@ class SecAggPlusServer(ServerProtocol):
 
         outgoing = {
             n: request(
-                STAGE_UNMASK,
+                SecAggStage.UNMASK,
                 round=server_round,
                 active=[j for j in state.neighbours[n] if j in survivors],
                 dead=[j for j in state.neighbours[n] if j in dead],
@@ -726,7 +718,7 @@ class SecAggPlusServer(ServerProtocol):
         sk_shares: dict[int, list[bytes]] = {n: [] for n in dead}
         responders: set[int] = set()
         for node, reply in answers.items():
-            asked = outgoing[node].config_records[RECORD]
+            asked = outgoing[node].config_records[SECURE_RECORD]
             try:
                 config, blobs = _config(reply), _blobs(reply)
                 b_owners = _ids_field(config, "b-owners")
@@ -848,7 +840,7 @@ class SecAggPlusServer(ServerProtocol):
     ) -> dict[int, Message]:
         """Send one stage request per node; the first well-formed reply of each node."""
         messages = [
-            Message(content, node, QUERY_TYPE, group_id=str(server_round))
+            Message(content, node, SECURE_QUERY_TYPE, group_id=str(server_round))
             for node, content in contents.items()
         ]
         replies: dict[int, Message] = {}
@@ -859,7 +851,7 @@ class SecAggPlusServer(ServerProtocol):
             try:
                 config = _config(reply)
                 if (
-                    stage_of(reply) != contents[node].config_records[RECORD]["stage"]
+                    stage_of(reply) != contents[node].config_records[SECURE_RECORD]["stage"]
                     or _round_of(config) != server_round
                 ):
                     continue
@@ -874,7 +866,7 @@ class SecAggPlusServer(ServerProtocol):
 
 def _refuse(msg: Message, reason: str) -> Message:
     return Message(
-        Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"SecAgg+ refused: {reason}"),
+        Error(code=ErrorCode.SECURE, reason=f"SecAgg+ refused: {reason}"),
         reply_to=msg,
     )
 
@@ -908,11 +900,11 @@ class SecAggPlusClient(ClientProtocol):
             stage = stage_of(msg)
             config = _config(msg)
             server_round = _round_of(config)
-            if stage == STAGE_SETUP:
+            if stage == SecAggStage.SETUP:
                 content = self._setup(config, server_round, msg.metadata.dst_node_id, context)
-            elif stage == STAGE_SHARE_KEYS:
+            elif stage == SecAggStage.SHARE_KEYS:
                 content = self._share_keys(msg, server_round, context)
-            elif stage == STAGE_UNMASK:
+            elif stage == SecAggStage.UNMASK:
                 content = self._unmask(config, server_round, context)
             else:
                 raise ValueError(f"unknown SecAgg+ stage {stage!r}")
@@ -943,7 +935,7 @@ class SecAggPlusClient(ClientProtocol):
             {
                 "round": server_round,
                 "node": node,
-                "stage": STAGE_SETUP,
+                "stage": SecAggStage.SETUP,
                 "last-masked-round": last,
                 **params.fields(),
                 "sk1": private_key_to_bytes(sk1),
@@ -954,14 +946,14 @@ class SecAggPlusClient(ClientProtocol):
         )
         context.state.config_records[_STATE] = state
         return request(
-            STAGE_SETUP,
+            SecAggStage.SETUP,
             round=server_round,
             pk1=public_key_to_bytes(pk1),
             pk2=public_key_to_bytes(pk2),
         )
 
     def _share_keys(self, msg: Message, server_round: int, context: Context) -> RecordDict:
-        state, params = self._state(context, server_round, STAGE_SETUP)
+        state, params = self._state(context, server_round, SecAggStage.SETUP)
         node = int(cast(int, state["node"]))
         config, blobs = _config(msg), _blobs(msg)
         keyed = _ids_field(config, "keyed")
@@ -1000,7 +992,7 @@ class SecAggPlusClient(ClientProtocol):
             ciphertexts[f"to-{j}"] = encrypt(key, plaintext)
         state.update(
             {
-                "stage": STAGE_SHARE_KEYS,
+                "stage": SecAggStage.SHARE_KEYS,
                 "seed": seed,
                 "keyed": keyed,
                 "nb-ids": others,
@@ -1008,10 +1000,12 @@ class SecAggPlusClient(ClientProtocol):
                 "nb-pk2": [pk2[j] for j in others],
             }
         )
-        return request(STAGE_SHARE_KEYS, round=server_round, destinations=others, **ciphertexts)
+        return request(
+            SecAggStage.SHARE_KEYS, round=server_round, destinations=others, **ciphertexts
+        )
 
     def _unmask(self, config: ConfigRecord, server_round: int, context: Context) -> RecordDict:
-        state, params = self._state(context, server_round, STAGE_TRAIN)
+        state, params = self._state(context, server_round, SecAggStage.TRAIN)
         node = int(cast(int, state["node"]))
         active = _ids_field(config, "active")
         dead = _ids_field(config, "dead")
@@ -1044,10 +1038,13 @@ class SecAggPlusClient(ClientProtocol):
         blobs.update({f"sk-{j}": sk_held[j] for j in dead})
         # Forget the round's secrets: a second unmask request must find nothing to reveal.
         context.state.config_records[_STATE] = ConfigRecord(
-            {"round": server_round, "stage": STAGE_UNMASK, "last-masked-round": server_round}
+            {"round": server_round, "stage": SecAggStage.UNMASK, "last-masked-round": server_round}
         )
         return request(
-            STAGE_UNMASK, round=server_round, **{"b-owners": active, "sk-owners": dead}, **blobs
+            SecAggStage.UNMASK,
+            round=server_round,
+            **{"b-owners": active, "sk-owners": dead},
+            **blobs,
         )
 
     # ---------------------------------------------------------------- train
@@ -1068,7 +1065,7 @@ class SecAggPlusClient(ClientProtocol):
         Returns
         -------
         ArrayRecord
-            ``{"masked": uint32 or uint64 array}``, for the reply's :data:`BLOBS`.
+            ``{"masked": uint32 or uint64 array}``, for the reply's :data:`SECURE_BLOBS`.
 
         Raises
         ------
@@ -1079,10 +1076,10 @@ class SecAggPlusClient(ClientProtocol):
             node already masked a vector this round.
         """
         config = _config(msg)
-        if config.get("stage") != STAGE_TRAIN:
-            raise ValueError(f"train message has no {STAGE_TRAIN!r} record")
+        if config.get("stage") != SecAggStage.TRAIN:
+            raise ValueError(f"train message has no {SecAggStage.TRAIN!r} record")
         server_round = _round_of(config)
-        state, params = self._state(context, server_round, STAGE_SHARE_KEYS)
+        state, params = self._state(context, server_round, SecAggStage.SHARE_KEYS)
         values = np.asarray(vector)
         if values.ndim != 1 or values.size == 0 or not np.issubdtype(values.dtype, np.floating):
             raise ValueError(
@@ -1159,7 +1156,7 @@ class SecAggPlusClient(ClientProtocol):
             masked &= np.uint64(params.modulus - 1)
         state.update(
             {
-                "stage": STAGE_TRAIN,
+                "stage": SecAggStage.TRAIN,
                 "last-masked-round": server_round,
                 "held-ids": expected,
                 "held-b": held_b,
