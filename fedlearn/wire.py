@@ -104,7 +104,14 @@ SECURE_BLOBS = "secure-blobs"
 SECURE_GUARD_KEY = "secure-last-round"
 
 
-class CkksStage(StrEnum):
+class _Stage(StrEnum):
+    """A stage name; it prints as the string that travels (``'ckks-key'``)."""
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+class CkksStage(_Stage):
     """Stages of the CKKS mode (key ceremony, decryption) and its train message."""
 
     REGISTER = "ckks-register"
@@ -115,7 +122,7 @@ class CkksStage(StrEnum):
     TRAIN = "train"
 
 
-class SecAggStage(StrEnum):
+class SecAggStage(_Stage):
     """Stages of the SecAgg+ mode (Bell et al. 2020)."""
 
     SETUP = "secagg-setup"
@@ -124,7 +131,7 @@ class SecAggStage(StrEnum):
     UNMASK = "secagg-unmask"
 
 
-class CryptenStage(StrEnum):
+class CryptenStage(_Stage):
     """Stage of the CrypTen mode (shares go to the parties with the train reply)."""
 
     TRAIN = "crypten.train"
