@@ -1,19 +1,27 @@
-"""Merkle trees, contribution leaves and signed commitments (pure Python, no chain)."""
+"""Merkle trees (against OpenZeppelin's golden vectors), contribution leaves, signed commitments.
+
+No chain: pure Python, and node for re-running the vector script.
+"""
 
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from eth_abi.abi import encode
 from eth_account import Account
+from eth_utils import decode_hex, encode_hex, to_checksum_address
 from eth_utils.crypto import keccak
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedlearn.attestation.leaves import (
     EPSILON_UNBOUNDED,
+    LEAF_ABI_TYPES,
     Contribution,
     ContributionLeaf,
     allocate_amounts,
@@ -37,8 +45,18 @@ from fedlearn.attestation.signing import (
     verify_commitment,
 )
 
+ROOT = Path(__file__).resolve().parents[1]
+VECTORS = ROOT / "tests/data/merkle_vectors.json"
+VECTOR_SCRIPT = ROOT / "contracts/tools/merkle_vectors.mjs"
+OPENZEPPELIN_MERKLE_TREE = ROOT / "node_modules/@openzeppelin/merkle-tree"
+
 hashes = st.binary(min_size=32, max_size=32)
 leaf_sets = st.lists(hashes, min_size=1, max_size=40, unique=True)
+
+
+def _vector_cases() -> list[dict[str, Any]]:
+    cases: list[dict[str, Any]] = json.loads(VECTORS.read_text(encoding="utf-8"))["cases"]
+    return cases
 
 
 # ---------------------------------------------------------------- Merkle
@@ -117,6 +135,53 @@ def test_tree_rejects_bad_input() -> None:
         tree.proof(keccak(b"y"))
     with pytest.raises(ValueError, match="32 bytes"):
         process_proof(leaf_hash=keccak(b"x"), proof=[b"\0" * 31])
+
+
+# ---------------------------------------------------------------- OpenZeppelin golden vectors
+# tests/data/merkle_vectors.json is written by contracts/tools/merkle_vectors.mjs with
+# OpenZeppelin's own StandardMerkleTree (npm @openzeppelin/merkle-tree, pinned in package.json).
+
+
+def test_vectors_come_from_the_pinned_package_with_our_leaf_encoding() -> None:
+    data = json.loads(VECTORS.read_text(encoding="utf-8"))
+    package = json.loads((ROOT / "package.json").read_text(encoding="utf-8"))
+    version = package["devDependencies"]["@openzeppelin/merkle-tree"]
+    assert data["generator"] == f"@openzeppelin/merkle-tree@{version} StandardMerkleTree"
+    assert tuple(data["leaf_encoding"]) == LEAF_ABI_TYPES
+    assert {1, 2, 3, 7, 16} <= {len(case["leaves"]) for case in data["cases"]}
+
+
+@pytest.mark.parametrize("case", _vector_cases(), ids=lambda case: case["name"])
+def test_leaf_hashes_roots_and_proofs_equal_openzeppelins(case: dict[str, Any]) -> None:
+    leaves = [ContributionLeaf.from_dict(item) for item in case["leaves"]]
+    for leaf, item in zip(leaves, case["leaves"], strict=True):  # the bundles' leaf format
+        assert leaf.to_dict() == item | {
+            "round": int(item["round"]),
+            "client": to_checksum_address(item["client"]),
+        }
+    leaf_hashes = [leaf.leaf_hash() for leaf in leaves]
+    assert [encode_hex(h) for h in leaf_hashes] == case["leaf_hashes"]
+    root = decode_hex(case["root"])
+    proofs = [[decode_hex(node) for node in proof] for proof in case["proofs"]]
+    for leaf_hash, proof in zip(leaf_hashes, proofs, strict=True):
+        assert verify_proof(leaf_hash=leaf_hash, proof=proof, root=root)
+    if len(set(leaf_hashes)) < len(leaf_hashes):
+        # OpenZeppelin builds a tree over equal leaves; we refuse: they are one claim on chain.
+        with pytest.raises(ValueError, match="duplicate leaf hash"):
+            MerkleTree.from_leaf_hashes(leaf_hashes)
+        return
+    tree = MerkleTree.from_leaf_hashes(leaf_hashes)
+    assert tree.root == root
+    assert [tree.proof(leaf_hash) for leaf_hash in leaf_hashes] == proofs
+
+
+def test_committed_vectors_are_what_openzeppelin_produces(tmp_path: Path) -> None:
+    node = shutil.which("node")
+    if node is None or not OPENZEPPELIN_MERKLE_TREE.is_dir():
+        pytest.fail("node or npm @openzeppelin/merkle-tree missing: run `make install`")
+    fresh = tmp_path / "merkle_vectors.json"
+    subprocess.run([node, str(VECTOR_SCRIPT), str(fresh)], cwd=ROOT, check=True, timeout=120)
+    assert fresh.read_text(encoding="utf-8") == VECTORS.read_text(encoding="utf-8")
 
 
 # ---------------------------------------------------------------- leaves

@@ -36,6 +36,8 @@ from fedlearn.attestation.compile import (
     check_artifacts,
     load_artifact,
 )
+from fedlearn.attestation.leaves import ContributionLeaf
+from fedlearn.attestation.merkle import MerkleTree
 
 ROOT = Path(__file__).resolve().parents[1]
 FORGE = ROOT / "node_modules/@foundry-rs/forge-linux-amd64/bin/forge"
@@ -44,15 +46,9 @@ SUPPLY = 10**30
 POST_GAS_LIMIT = 60_000
 CLAIM_GAS_LIMIT = 100_000
 
-# --------------------------------------------------------------------------- Merkle helper
-# OpenZeppelin semantics: double-hashed leaves, sorted-pair inner nodes, StandardMerkleTree
-# layout (sorted leaves at the end of a 2n-1 array, in reverse order).
-
-LEAF_TYPES = ["bytes32", "uint64", "address", "bytes32", "uint256", "uint256", "uint256", "uint256"]
-
-
-def hash_pair(a: bytes, b: bytes) -> bytes:
-    return keccak(a + b) if a <= b else keccak(b + a)
+# --------------------------------------------------------------------------- leaves
+# Leaves and trees are fedlearn's own (ContributionLeaf, MerkleTree), checked against
+# OpenZeppelin's golden vectors in test_attestation_merkle.py: here the contracts must accept them.
 
 
 @dataclass(frozen=True)
@@ -68,46 +64,21 @@ class Claim:
 
     @property
     def leaf(self) -> bytes:
-        values = [self.run_id, self.round, self.account, self.commitment, self.score]
-        values += [self.examples, self.epsilon_micro, self.amount]
-        return keccak(keccak(encode(LEAF_TYPES, values)))
+        return ContributionLeaf(
+            run_id=self.run_id,
+            round=self.round,
+            client=self.account,
+            commitment=self.commitment,
+            score=self.score,
+            examples=self.examples,
+            epsilon_micro=self.epsilon_micro,
+            amount=self.amount,
+        ).leaf_hash()
 
     def args(self, proof: Sequence[bytes]) -> list[Any]:
         """Arguments of ``RewardPool.claim`` (the account is ``msg.sender``)."""
         head = [self.run_id, self.round, self.commitment, self.score, self.examples]
         return [*head, self.epsilon_micro, self.amount, list(proof)]
-
-
-class Tree:
-    def __init__(self, leaves: Sequence[bytes]) -> None:
-        ordered = sorted(leaves)
-        n = len(ordered)
-        self.nodes: list[bytes] = [b""] * (2 * n - 1)
-        for i, leaf in enumerate(ordered):
-            self.nodes[len(self.nodes) - 1 - i] = leaf
-        for i in range(len(self.nodes) - 1 - n, -1, -1):
-            self.nodes[i] = hash_pair(self.nodes[2 * i + 1], self.nodes[2 * i + 2])
-        self.root = self.nodes[0]
-
-    def proof(self, leaf: bytes) -> list[bytes]:
-        i = self.nodes.index(leaf, len(self.nodes) // 2)
-        proof = []
-        while i > 0:
-            proof.append(self.nodes[i + 1 if i % 2 == 1 else i - 1])
-            i = (i - 1) // 2
-        return proof
-
-
-def test_merkle_helper_matches_known_vector() -> None:
-    # Every proof leads to the root; a single leaf is its own root with an empty proof.
-    leaves = [keccak(bytes([i])) for i in range(5)]
-    tree = Tree(leaves)
-    for leaf in leaves:
-        node = leaf
-        for sibling in tree.proof(leaf):
-            node = hash_pair(node, sibling)
-        assert node == tree.root
-    assert Tree(leaves[:1]).root == leaves[0] and Tree(leaves[:1]).proof(leaves[0]) == []
 
 
 # --------------------------------------------------------------------------- chain helpers
@@ -355,14 +326,14 @@ def test_round_is_write_once_and_event_binds_aggregate(chain: Chain) -> None:
 @dataclass
 class Round:
     claims: list[Claim]
-    tree: Tree
+    tree: MerkleTree
 
 
 def post_round(chain: Chain, accounts: Sequence[str], round: int = 1, extra: int = 5) -> Round:
     run_id = b"\x01" * 32
     claims = [make_claim(a, run_id, round, (i + 1) * 10**18, i) for i, a in enumerate(accounts)]
     claims += random_claims(extra, run_id, round, random.Random(round))
-    tree = Tree([c.leaf for c in claims])
+    tree = MerkleTree.from_leaf_hashes(c.leaf for c in claims)
     chain.post(run_id, round, tree.root)
     return Round(claims[: len(accounts)], tree)
 
@@ -494,7 +465,7 @@ def test_gas_within_targets(chain: Chain, clients: int) -> None:
     claimant = chain.clients[0]
     rng = random.Random(clients)
     claims = [make_claim(claimant, run_id, 1, 10**18), *random_claims(clients - 1, run_id, 1, rng)]
-    tree = Tree([c.leaf for c in claims])
+    tree = MerkleTree.from_leaf_hashes(c.leaf for c in claims)
     post_gas = chain.post(run_id, 1, tree.root, keccak(b"aggregate"))["gasUsed"]
     assert post_gas <= POST_GAS_LIMIT
     chain.fund(10**18)
@@ -560,7 +531,7 @@ def test_claims_invariants_hypothesis(deployed: tuple[Chain, Any]) -> None:
                 make_claim(owners[o], run_id, r, amount, salt=i)
                 for i, (o, amount) in enumerate(leaves)
             ]
-            tree = Tree([c.leaf for c in claims])
+            tree = MerkleTree.from_leaf_hashes(c.leaf for c in claims)
             chain.post(run_id, r, tree.root)
             rounds.append(Round(claims, tree))
         by_leaf = {c.leaf: c for rnd in rounds for c in rnd.claims}
