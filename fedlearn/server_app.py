@@ -1,13 +1,12 @@
 """The ServerApp: runs a Flower strategy and keeps the run directory.
 
-The round loop is Flower's own (``Strategy.start``). Around it this module
-adds what a production run needs, as a strategy wrapper and the
+The round loop is Flower's own (``Strategy.start``) over the strategy stack
+that :mod:`fedlearn.stack` builds from the config (the map of one round).
+Around it this module adds what a production run needs, in the
 ``evaluate_fn`` hook Flower calls after every round:
 
-* malformed replies are set aside and the explicit completion rule applies
-  (:class:`~fedlearn.strategies.ValidatedReplies`);
-* each round is timed, its bytes counted, its model evaluated on the
-  server's held-out data if it has any;
+* the round's record is collected from every layer of the stack and its
+  model evaluated on the server's held-out data if it has any;
 * after each round the history and a checkpoint (model + strategy state, npz +
   JSON) are written atomically, so ``resume=True`` continues from the last
   completed round and reproduces the uninterrupted run.
@@ -28,40 +27,29 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import tomli_w
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
 from fedlearn.attestation.chain import ChainError
 from fedlearn.attestation.outbox import OutboxError
-from fedlearn.attestation.round_attestation import RoundAttestation
 from fedlearn.attestation.session import AttestationSession
 from fedlearn.checkpoint import load_latest, save_checkpoint
 from fedlearn.client_app import ModelFactory, default_model
 from fedlearn.config import ConfigError, RunConfig
 from fedlearn.data import Dataset, load_file, partition_bundled, schema_for
 from fedlearn.history import History, RoundRecord
-from fedlearn.privacy.central_dp import CentralDP
-from fedlearn.privacy.secure.aggregation import SecureAggregation
-from fedlearn.privacy.secure.base import ServerProtocol
-from fedlearn.privacy.secure.modes import server_protocol, value_scale
-from fedlearn.strategies import (
-    ContributionScoring,
-    StrategyWrapper,
-    ValidatedReplies,
-    build_strategy,
-    export_state,
-    import_state,
-)
+from fedlearn.privacy.secure.modes import server_protocol
+from fedlearn.stack import StrategyStack, build_stack
+from fedlearn.strategies import export_state, import_state
 from fedlearn.training import evaluate
-from fedlearn.wire import CONFIG_KEY, PRIVACY_KEY, TRAIN_LOSS_KEY
+from fedlearn.wire import CONFIG_KEY
 
 __all__ = ["RoundCallback", "make_server_app", "run_federation", "server_test_set"]
 
@@ -69,83 +57,6 @@ log = logging.getLogger(__name__)
 
 #: Called with each finished round's record (progress bars, notebooks).
 RoundCallback = Callable[[RoundRecord], None]
-
-
-class _RoundRecorder(StrategyWrapper):
-    """Times and measures each round and shifts round numbers after a resume."""
-
-    def __init__(self, strategy: ValidatedReplies, *, offset: int) -> None:
-        self.strategy = strategy
-        self.offset = offset
-        self.started = 0.0
-        self.bytes_sent = 0
-        self.bytes_received = 0
-        self.train_metrics: MetricRecord | None = None
-        self.eval_metrics: MetricRecord | None = None
-        self.privacy: dict[str, dict[str, float]] = {}
-
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        self.started = time.perf_counter()
-        self.train_metrics = self.eval_metrics = None
-        messages = list(
-            self.strategy.configure_train(server_round + self.offset, arrays, config, grid)
-        )
-        self.bytes_sent = sum(_payload_bytes(m) for m in messages)
-        self.bytes_received = 0
-        return messages
-
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
-        self.bytes_received += sum(_payload_bytes(m) for m in replies)
-        self.privacy = {}
-        for msg in replies:
-            if not msg.has_error() and PRIVACY_KEY in msg.content.config_records:
-                # As reported by the client (the server cannot recompute a holder's ε
-                # without its record count); keyed by node so no client overwrites another.
-                report = msg.content.config_records[PRIVACY_KEY]
-                client = f"{report.get('client', '?')!s}@node{msg.metadata.src_node_id}"
-                self.privacy[client] = {
-                    k: float(v)
-                    for k, v in report.items()
-                    if isinstance(v, int | float) and k != "client"
-                }
-        arrays, self.train_metrics = self.strategy.aggregate_train(
-            server_round + self.offset, replies
-        )
-        return arrays, self.train_metrics
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        messages = list(
-            self.strategy.configure_evaluate(server_round + self.offset, arrays, config, grid)
-        )
-        self.bytes_sent += sum(_payload_bytes(m) for m in messages)
-        return messages
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        replies = list(replies)
-        self.bytes_received += sum(_payload_bytes(m) for m in replies)
-        self.eval_metrics = self.strategy.aggregate_evaluate(server_round + self.offset, replies)
-        return self.eval_metrics
-
-
-def _payload_bytes(msg: Message) -> int:
-    if msg.has_error():
-        return 0
-    return sum(record.count_bytes() for record in msg.content.array_records.values())
-
-
-def _metric(record: MetricRecord | None, key: str) -> float | None:
-    if record is None or key not in record:
-        return None
-    return float(record[key])  # type: ignore[arg-type]
 
 
 def server_test_set(cfg: RunConfig) -> Dataset | None:
@@ -253,7 +164,7 @@ def run_federation(
                     )
                     cleanup.callback(session.close)
                     cleanup.callback(_final_flush, session, cfg.attestation.flush_seconds)
-                stack = _build_stack(
+                stack = build_stack(
                     cfg,
                     run_dir=run_dir,
                     strategy=strategy,
@@ -270,110 +181,6 @@ def run_federation(
                 raise
         _write_status(run_dir, "completed")
         return history
-
-
-@dataclass
-class _Stack:
-    """The run's strategy wrappers, outermost first (the order reads like the threat model)."""
-
-    validated: ValidatedReplies
-    attestation: RoundAttestation | None
-    secure: SecureAggregation | None
-    central: CentralDP | None
-    inner: Strategy
-
-
-def _build_stack(
-    cfg: RunConfig,
-    *,
-    run_dir: Path,
-    strategy: Strategy | None,
-    model_fn: ModelFactory,
-    test_set: Dataset | None,
-    resume: bool,
-    protocol: ServerProtocol | None,
-    session: AttestationSession | None,
-) -> _Stack:
-    fed = cfg.federation
-    inner = strategy or build_strategy(
-        fed.strategy,
-        min_nodes=fed.clients,
-        fraction_train=fed.fraction_train,
-        # Under local DP, evaluation replies would release un-noised statistics.
-        fraction_evaluate=0.0 if cfg.privacy.local_dp else fed.fraction_evaluate,
-        min_train_clients=fed.min_train_clients,
-    )
-    aggregator: Strategy = inner
-    central: CentralDP | None = None
-    if cfg.privacy.central_dp != "none":
-        ledger_path = run_dir / "central_ledger.json"
-        if not resume:
-            ledger_path.unlink(missing_ok=True)  # a new run starts a new ledger
-        aggregator = central = CentralDP(
-            inner,
-            mode=cfg.privacy.central_dp,
-            noise_multiplier=cfg.privacy.central_noise_multiplier,
-            clipping_norm=cfg.privacy.central_clipping_norm,
-            num_clients=fed.clients,
-            min_replies=fed.min_train_clients,
-            delta=cfg.privacy.delta,
-            accountant=cfg.privacy.accountant,
-            ledger_path=ledger_path,
-            behind_secure_aggregation=protocol is not None,
-        )
-    scoring: ContributionScoring | None = None
-    method = cfg.attestation.scoring
-    per_update = protocol is None and cfg.privacy.central_dp == "none" and test_set is not None
-    if session is not None and not per_update and method not in ("auto", "examples"):
-        log.warning(
-            "attestation.scoring = %r needs each update and server test data; this run "
-            "scores %s instead",
-            method,
-            "inside the secure mode (or by examples)" if protocol else "by attested examples",
-        )
-    if session is not None and per_update and method != "examples":
-        aggregator = scoring = ContributionScoring(
-            aggregator,
-            utility_data=test_set,  # type: ignore[arg-type]  # per_update checks it
-            model_fn=lambda: model_fn(cfg),
-            max_examples=cfg.secure.max_examples,
-            method="gtg-shapley" if method == "auto" else method,
-            seed=fed.seed,
-        )
-    secure: SecureAggregation | None = None
-    if protocol is not None:
-        aggregator = secure = SecureAggregation(
-            aggregator,
-            protocol=protocol,
-            min_contributors=fed.min_train_clients,
-            max_examples=cfg.secure.max_examples,
-            # Under DP the weights are public constants (counts are not released).
-            uniform_weights=cfg.privacy.local_dp or cfg.privacy.central_dp != "none",
-            value_scale=value_scale(cfg),
-            timeout=fed.timeout,
-        )
-    attestation: RoundAttestation | None = None
-    if session is not None:
-        aggregator = attestation = RoundAttestation(
-            aggregator,
-            run_id=session.run_id,
-            run_dir=run_dir,
-            outbox=session.outbox,
-            contracts=session.contracts,
-            budget=session.budget,
-            max_examples=cfg.secure.max_examples,
-            scoring=scoring,
-            secure=secure,
-            flush_seconds=cfg.attestation.flush_seconds,
-        )
-    validated = ValidatedReplies(
-        aggregator,
-        min_replies=fed.min_train_clients,
-        payload_check=secure.check_reply if secure is not None else None,
-        reply_checks=(attestation.check_reply,) if attestation is not None else (),
-        max_examples=cfg.secure.max_examples,
-    )
-    return _Stack(validated, attestation, secure, central, inner)
 
 
 def _final_flush(session: AttestationSession, seconds: float) -> None:
@@ -397,14 +204,14 @@ def _run(
     grid: Grid,
     cfg: RunConfig,
     run_dir: Path,
-    stack: _Stack,
+    stack: StrategyStack,
     model_fn: ModelFactory,
     test_set: Dataset | None,
     resume: bool,
     on_round: RoundCallback | None,
 ) -> History:
     fed = cfg.federation
-    inner, central, secure, validated = stack.inner, stack.central, stack.secure, stack.validated
+    inner, recorder = stack.inner, stack.recorder
     history = History()
     checkpoint = load_latest(run_dir / "checkpoints") if resume else None
     if resume and checkpoint is None:
@@ -443,69 +250,15 @@ def _run(
         log.info("all %d rounds already done", fed.rounds)
         return history
 
-    recorder = _RoundRecorder(validated, offset=done)
+    recorder.offset = done
+    log.info("strategy stack: %s", stack.describe())
     eval_model = model_fn(cfg)
 
     def on_round_end(current_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         if current_round == 0:
             return None
         server_round = current_round + done
-        report = validated.last_report
-        record = RoundRecord(
-            round=server_round,
-            federated_accuracy=_metric(recorder.eval_metrics, "accuracy"),
-            federated_loss=_metric(recorder.eval_metrics, "loss"),
-            train_loss=_metric(recorder.train_metrics, TRAIN_LOSS_KEY),
-            sampled=report.sampled,
-            accepted=report.accepted,
-            rejected={str(k): v for k, v in report.rejected.items()},
-            applied=report.applied,
-            seconds=time.perf_counter() - recorder.started,
-            bytes_sent=recorder.bytes_sent,
-            bytes_received=recorder.bytes_received,
-            privacy=recorder.privacy,
-        )
-        if central is not None and central.last_release is not None and report.applied:
-            entry = central.last_release
-            record.central_privacy = {
-                "epsilon": entry.cumulative_epsilon,
-                "round-epsilon": entry.epsilon,
-                "delta": entry.delta,
-                "noise-multiplier": entry.noise_multiplier,
-                "clipping-norm": entry.clipping_norm,
-                "sample-rate": entry.sample_rate,
-            }
-        if secure is not None:
-            secure_report = secure.last_report
-            record.secure = {
-                "mode": secure_report.mode,
-                "contributors": len(secure_report.contributors),
-                "dropped": {str(k): v for k, v in secure_report.dropped.items()},
-                "aborted": secure_report.aborted,
-                "setup-seconds": secure_report.setup_seconds,
-                "aggregate-seconds": secure_report.aggregate_seconds,
-            }
-        if stack.attestation is not None:
-            attested = stack.attestation.last_report
-            record.contributions = {
-                f"node{node}": {
-                    "address": c.address,
-                    "score": c.score,
-                    "examples": c.examples,
-                    "epsilon": c.epsilon,
-                    "reward": str(c.reward),  # uint256 base units: JSON numbers lose digits
-                }
-                for node, c in attested.clients.items()
-            }
-            record.attestation = {
-                "scoring": attested.scoring,
-                "evaluations": attested.evaluations,
-                "root": attested.root,
-                "aggregate-hash": attested.aggregate_hash,
-                "confirmed": attested.confirmed,
-                "pending-rounds": attested.pending_rounds,
-                "error": attested.error,
-            }
+        record = recorder.record(server_round)
         metrics = MetricRecord()
         if test_set is not None:
             eval_model.load_state_dict(arrays.to_torch_state_dict())

@@ -16,10 +16,14 @@ signed commitment does not check out is never used):
    the aggregate's hash in the durable outbox and flushes it: one
    transaction per round, whatever the number of clients.
 
-Scores come from :class:`~fedlearn.strategies.ContributionScoring` in
-plaintext runs; in secure modes no individual update is ever visible, so the
-score is the client's attested example count (capped), every contributor of
-the round counting once: honest, not per-update quality (said in the record).
+Who is in the aggregate and how each scored come from the layers below,
+through the stack protocols of :mod:`fedlearn.strategies.layers`: a
+``ReportsContributors`` layer (secure aggregation) names the contributors,
+else every accepted reply is one; the first ``ScoresContributions`` layer
+that scored every contributor gives the scores (contribution scoring in
+plaintext runs, scores computed inside a secure mode). Where no layer can
+score, the score is the client's attested example count (capped), every
+contributor counting once: honest, not per-update quality (said in the record).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 from eth_utils.crypto import keccak
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -43,8 +47,12 @@ from fedlearn.attestation.client_mod import payload_bytes
 from fedlearn.attestation.leaves import Contribution, round_leaves
 from fedlearn.attestation.outbox import Outbox, OutboxError
 from fedlearn.attestation.signing import SignatureError, SignedCommitment, check_signed_commitment
-from fedlearn.privacy.secure.aggregation import SecureAggregation
-from fedlearn.strategies.contribution import ContributionScoring
+from fedlearn.strategies.layers import (
+    ReportsContributors,
+    RoundScores,
+    ScoresContributions,
+    layers,
+)
 from fedlearn.strategies.wrapper import StrategyWrapper
 from fedlearn.wire import ATTEST_RUN_ID_KEY, ATTESTATION_KEY, EXAMPLES_KEY, PRIVACY_KEY
 
@@ -77,6 +85,30 @@ class RoundAttestationReport:
     pending_rounds: int = 0
     error: str = ""
 
+    def to_record(self) -> dict[str, Any]:
+        """The round-record fields this report fills in."""
+        return {
+            "contributions": {
+                f"node{node}": {
+                    "address": c.address,
+                    "score": c.score,
+                    "examples": c.examples,
+                    "epsilon": c.epsilon,
+                    "reward": str(c.reward),  # uint256 base units: JSON numbers lose digits
+                }
+                for node, c in self.clients.items()
+            },
+            "attestation": {
+                "scoring": self.scoring,
+                "evaluations": self.evaluations,
+                "root": self.root,
+                "aggregate-hash": self.aggregate_hash,
+                "confirmed": self.confirmed,
+                "pending-rounds": self.pending_rounds,
+                "error": self.error,
+            },
+        }
+
 
 class RoundAttestation(StrategyWrapper):
     """Attest every round's contributions on chain through a durable outbox.
@@ -84,8 +116,9 @@ class RoundAttestation(StrategyWrapper):
     Parameters
     ----------
     strategy : Strategy
-        What aggregates the validated replies (possibly ``SecureAggregation``
-        or ``ContributionScoring`` around the configured strategy).
+        What aggregates the validated replies (possibly a secure-aggregation
+        or contribution-scoring layer around the configured strategy; they are
+        found through the stack protocols, see the module docstring).
     run_id : bytes
         The run's 32-byte id (the same after a resume).
     run_dir : Path
@@ -98,10 +131,6 @@ class RoundAttestation(StrategyWrapper):
         Reward token base units a round pays out, pro rata to scores.
     max_examples : int
         Cap on the example count a client is attested (and scored) with.
-    scoring : ContributionScoring, optional
-        Per-update scores (plaintext runs); else the attested example counts.
-    secure : SecureAggregation, optional
-        The secure layer, whose contributors are the clients attested.
     flush_seconds : float, default 10.0
         How long a round waits for the chain before the run goes on.
     """
@@ -116,8 +145,6 @@ class RoundAttestation(StrategyWrapper):
         contracts: Contracts,
         budget: int,
         max_examples: int,
-        scoring: ContributionScoring | None = None,
-        secure: SecureAggregation | None = None,
         flush_seconds: float = 10.0,
     ) -> None:
         if len(run_id) != 32:
@@ -132,8 +159,10 @@ class RoundAttestation(StrategyWrapper):
         self.contracts = contracts
         self.budget = budget
         self.max_examples = max_examples
-        self.scoring = scoring
-        self.secure = secure
+        self._contributors = next(
+            (s for s in layers(strategy) if isinstance(s, ReportsContributors)), None
+        )
+        self._scorers = [s for s in layers(strategy) if isinstance(s, ScoresContributions)]
         self.flush_seconds = flush_seconds
         self.last_report = RoundAttestationReport()
         self._addresses_file = self.dir / "addresses.json"
@@ -144,6 +173,13 @@ class RoundAttestation(StrategyWrapper):
         )
         self._round = 0
         self._signed: dict[int, SignedCommitment] = {}
+
+    #: Its reply check is about the signature, not the payload (see ``ChecksReplies``).
+    checks_payload: ClassVar[bool] = False
+
+    def round_record(self) -> dict[str, Any]:
+        """Each attested client's score, examples, ε and reward; the round's root."""
+        return self.last_report.to_record()
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -198,10 +234,9 @@ class RoundAttestation(StrategyWrapper):
             return arrays, metrics
         report = self.last_report
         by_node = {m.metadata.src_node_id: m for m in replies}
-        contributors = (
-            list(self.secure.last_report.contributors) if self.secure is not None else list(by_node)
-        )
-        contributors = [n for n in contributors if n in by_node and n in self._signed]
+        named = self._contributors.round_contributors() if self._contributors else None
+        in_aggregate = list(by_node) if named is None else named
+        contributors = [n for n in in_aggregate if n in by_node and n in self._signed]
         scores, report.scoring, report.evaluations = self._scores(contributors, by_node)
         contributions = [
             Contribution(
@@ -288,13 +323,13 @@ class RoundAttestation(StrategyWrapper):
     def _scores(
         self, contributors: list[int], by_node: dict[int, Message]
     ) -> tuple[dict[int, float], str, int]:
-        scored = self.scoring.last_scores if self.scoring is not None else None
-        if scored is not None and all(n in scored.scores for n in contributors):
-            return {n: scored.scores[n] for n in contributors}, scored.method, scored.evaluations
-        if self.secure is not None and contributors:
-            aligned = self.secure.last_report.scores  # computed without revealing an update
-            if all(n in aligned for n in contributors):
-                return {n: aligned[n] for n in contributors}, "alignment (secure)", 0
+        for layer in self._scorers:
+            scored: RoundScores | None = layer.round_scores()
+            if scored is None or not contributors:
+                continue
+            if all(n in scored.scores for n in contributors):
+                scores = {n: scored.scores[n] for n in contributors}
+                return scores, scored.method, scored.evaluations
         # No per-update score: the attested, capped example count of each contributor.
         return (
             {n: float(min(_examples(by_node[n]), self.max_examples)) for n in contributors},

@@ -162,6 +162,22 @@ class CentralDP(StrategyWrapper):
         self._global: dict[str, NDArray[Any]] = {}
         self._sampled = 0
 
+    def round_record(self) -> dict[str, Any]:
+        """The server's ledger entry for this round's release (empty if none)."""
+        entry = self.last_release
+        if entry is None:
+            return {}
+        return {
+            "central_privacy": {
+                "epsilon": entry.cumulative_epsilon,
+                "round-epsilon": entry.epsilon,
+                "delta": entry.delta,
+                "noise-multiplier": entry.noise_multiplier,
+                "clipping-norm": entry.clipping_norm,
+                "sample-rate": entry.sample_rate,
+            }
+        }
+
     def summary(self) -> None:
         """Log the wrapped strategy's summary and the mechanism."""
         self.strategy.summary()
@@ -189,6 +205,7 @@ class CentralDP(StrategyWrapper):
                 else 0.0
             )
         self._global = _arrays(arrays)
+        self.last_release = None
         messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
         self._sampled = len(messages)
         return messages

@@ -31,6 +31,7 @@ from numpy.typing import NDArray
 from torch import nn
 
 from fedlearn.data import Dataset
+from fedlearn.strategies.layers import RoundScores
 from fedlearn.strategies.shapley import (
     ContributionScores,
     check_gtg_options,
@@ -218,7 +219,17 @@ class ContributionScoring(StrategyWrapper):
                 f"the global model's arrays {got} do not match model_fn's model {expected}"
             )
         self._global = {k: a.numpy() for k, a in arrays.items()}
+        self.last_scores = None
         return self.strategy.configure_train(server_round, arrays, config, grid)
+
+    def round_scores(self) -> RoundScores | None:
+        """Scores of the round just aggregated, for the layers above (``ScoresContributions``)."""
+        scored = self.last_scores
+        if scored is None:
+            return None
+        return RoundScores(
+            scores=dict(scored.scores), method=scored.method, evaluations=scored.evaluations
+        )
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]

@@ -7,21 +7,27 @@ is set aside with a logged reason, and the round goes on with the others, as
 long as at least ``min_replies`` valid updates remain. Otherwise the round is
 skipped and the global model is left unchanged (Flower keeps the previous
 arrays when ``aggregate_train`` returns ``None``).
+
+The layers below may add checks of their own (a signed commitment, a protected
+payload the plaintext checks cannot read): every layer that implements
+:class:`~fedlearn.strategies.layers.ChecksReplies` is found when the wrapper
+is built, and its check runs here, before anything below sees the reply.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from fedlearn.strategies.layers import ChecksReplies, layers
 from fedlearn.strategies.wrapper import StrategyWrapper
 from fedlearn.wire import EXAMPLES_KEY
 
@@ -40,6 +46,15 @@ class RoundReport:
     rejected: dict[int, str] = field(default_factory=dict)
     applied: bool = False
 
+    def to_record(self) -> dict[str, Any]:
+        """The round-record fields this report fills in."""
+        return {
+            "sampled": self.sampled,
+            "accepted": self.accepted,
+            "rejected": {str(node): reason for node, reason in self.rejected.items()},
+            "applied": self.applied,
+        }
+
 
 class ValidatedReplies(StrategyWrapper):
     """Validate every training reply against the global model before aggregating.
@@ -47,19 +62,14 @@ class ValidatedReplies(StrategyWrapper):
     Parameters
     ----------
     strategy : Strategy
-        The strategy that aggregates the valid replies (FedAvg, FedAdam, ...).
+        The strategy that aggregates the valid replies (FedAvg, FedAdam, ...),
+        possibly wrapped in layers whose reply checks run here (see the module
+        docstring).
     min_replies : int
         The round's completion rule: the aggregate is applied only when at
         least this many valid updates arrived.
     weighted_by_key : str, default EXAMPLES_KEY
         Metric every reply must carry as a positive, finite number.
-    payload_check : callable, optional
-        ``(reply) -> reason or None`` that replaces the plaintext array checks,
-        for replies whose update is protected (secure aggregation validates
-        its own payload: ``SecureAggregation.check_reply``).
-    reply_checks : sequence of callables, default ()
-        Further ``(reply) -> reason or None`` checks every reply must pass
-        first (e.g. ``RoundAttestation.check_reply`` for signed commitments).
     max_examples : int, optional
         Cap applied to each valid reply's ``weighted_by_key`` before
         aggregation: a client claiming more examples than it has gains at most
@@ -77,8 +87,6 @@ class ValidatedReplies(StrategyWrapper):
         *,
         min_replies: int,
         weighted_by_key: str = EXAMPLES_KEY,
-        payload_check: Callable[[Message], str | None] | None = None,
-        reply_checks: Sequence[Callable[[Message], str | None]] = (),
         max_examples: int | None = None,
     ) -> None:
         if min_replies < 1:
@@ -86,8 +94,10 @@ class ValidatedReplies(StrategyWrapper):
         self.strategy = strategy
         self.min_replies = min_replies
         self.weighted_by_key = weighted_by_key
-        self.payload_check = payload_check
-        self.reply_checks = tuple(reply_checks)
+        below = [layer for layer in layers(strategy) if isinstance(layer, ChecksReplies)]
+        #: Checks of the layers below, outermost first; payload checks last.
+        self.reply_checks = tuple(c for c in below if not c.checks_payload)
+        self.payload_checks = tuple(c for c in below if c.checks_payload)
         if max_examples is not None and max_examples < 1:
             raise ValueError(f"max_examples must be >= 1, got {max_examples}")
         self.max_examples = max_examples
@@ -108,16 +118,23 @@ class ValidatedReplies(StrategyWrapper):
         self.last_report = RoundReport(server_round=server_round, sampled=len(messages))
         return messages
 
+    def round_record(self) -> dict[str, Any]:
+        """Sampled, accepted and rejected replies, and whether the round was applied."""
+        return self.last_report.to_record()
+
     def check_reply(self, msg: Message) -> str | None:
         """Return why a training reply is unusable, or ``None`` if it is valid."""
         if msg.has_error():
             return f"client error: {msg.error.reason}"
-        for check in self.reply_checks:
-            if (reason := check(msg)) is not None:
+        for layer in self.reply_checks:
+            if (reason := layer.check_reply(msg)) is not None:
                 return reason
         content = msg.content
-        if self.payload_check is not None:
-            return self.payload_check(msg) or self._check_weight(msg)
+        if self.payload_checks:
+            for layer in self.payload_checks:
+                if (reason := layer.check_reply(msg)) is not None:
+                    return reason
+            return self._check_weight(msg)
         if len(content.array_records) != 1:
             return f"expected exactly one ArrayRecord, got {len(content.array_records)}"
         record = next(iter(content.array_records.values()))

@@ -10,9 +10,13 @@ model; FedAvgM, FedAdam, FedYogi, FedAdagrad and FedProx apply their server
 optimiser to it exactly as to a plaintext average. Strategies that need every
 update (median, trimmed mean, Krum, Bulyan) are refused.
 
-Wrap it in :class:`~fedlearn.strategies.ValidatedReplies` with
-``payload_check=wrapper.check_reply`` so malformed protected replies are set
-aside and the round rule counts only well-formed ones.
+Wrapped in :class:`~fedlearn.strategies.ValidatedReplies`, its
+:meth:`SecureAggregation.check_reply` replaces the plaintext array checks
+(it implements :class:`~fedlearn.strategies.layers.ChecksReplies` with
+``checks_payload = True``), so malformed protected replies are set aside and
+the round rule counts only well-formed ones. It tells the layers above whose
+update is in the sum and, where the mode can compute them without revealing
+an update, each contributor's score.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
@@ -40,6 +44,7 @@ from fedlearn.privacy.secure.base import (
     ServerProtocol,
 )
 from fedlearn.privacy.secure.packing import mean_update, vector_length
+from fedlearn.strategies.layers import RoundScores, layers
 from fedlearn.strategies.wrapper import StrategyWrapper
 from fedlearn.wire import (
     EXAMPLES_KEY,
@@ -74,9 +79,26 @@ class SecureRoundReport:
     setup_seconds: float = 0.0
     aggregate_seconds: float = 0.0
 
+    def to_record(self) -> dict[str, Any]:
+        """The round-record fields this report fills in."""
+        return {
+            "secure": {
+                "mode": self.mode,
+                "contributors": len(self.contributors),
+                "dropped": {str(node): reason for node, reason in self.dropped.items()},
+                "aborted": self.aborted,
+                "setup-seconds": self.setup_seconds,
+                "aggregate-seconds": self.aggregate_seconds,
+            }
+        }
+
 
 class SecureAggregation(StrategyWrapper):
     """Aggregate with a secure-aggregation protocol; the server sees only the sum.
+
+    Implements the stack protocols ``ChecksReplies`` (protected payloads),
+    ``ReportsContributors``, ``ScoresContributions`` and ``RecordsRound``
+    (see :mod:`fedlearn.strategies.layers`).
 
     Parameters
     ----------
@@ -120,9 +142,7 @@ class SecureAggregation(StrategyWrapper):
         value_scale: float = 1.0,
         timeout: float = 600.0,
     ) -> None:
-        inner = strategy
-        while hasattr(inner, "strategy"):  # look through wrappers such as CentralDP
-            inner = inner.strategy
+        *_, inner = layers(strategy)  # look through wrappers such as CentralDP
         if isinstance(inner, _NEEDS_INDIVIDUAL_UPDATES):
             raise ValueError(
                 f"{type(inner).__name__} needs every individual update, which secure "
@@ -148,6 +168,23 @@ class SecureAggregation(StrategyWrapper):
         self._grid: Grid | None = None
         self._global: dict[str, NDArray[Any]] = {}
         self._length = 0
+
+    #: Its reply check validates the protected payload (see ``ChecksReplies``).
+    checks_payload: ClassVar[bool] = True
+
+    def round_contributors(self) -> list[int]:
+        """Nodes whose vector is in this round's revealed sum."""
+        return list(self.last_report.contributors)
+
+    def round_scores(self) -> RoundScores | None:
+        """Scores the mode computed without revealing an update (CrypTen), if any."""
+        if not self.last_report.scores:
+            return None
+        return RoundScores(scores=dict(self.last_report.scores), method="alignment (secure)")
+
+    def round_record(self) -> dict[str, Any]:
+        """Mode, contributors, drops, abort reason and stage times of the round."""
+        return self.last_report.to_record()
 
     def summary(self) -> None:
         """Log the wrapped strategy's summary and the mode."""
