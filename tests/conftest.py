@@ -1,4 +1,4 @@
-"""Shared fixtures: small real data sets written to real files."""
+"""Shared fixtures (helpers that are not fixtures live in ``tests/flower_messages.py``)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.anvil import ANVIL, Anvil
+from tests.flower_messages import serverapp_identity
 
 # Every Flower process the tests start: no telemetry, no update checks, no downloads.
 for _key, _value in {
@@ -37,3 +38,8 @@ def anvil(tmp_path: Path) -> Iterator[Anvil]:
         node.stop()
 
 
+@pytest.fixture
+def as_serverapp() -> Iterator[None]:
+    """Run the test as the ServerApp process would (Flower checks who builds messages)."""
+    with serverapp_identity():
+        yield

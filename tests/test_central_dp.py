@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -12,28 +10,14 @@ from flwr.serverapp.strategy import FedAvg
 from fedlearn.privacy.central_dp import CentralDP, clip_and_noise
 from fedlearn.privacy.noise import distributed_noise_std
 from fedlearn.wire import EXAMPLES_KEY
-from tests.flower_messages import instruction, serverapp_identity
+from tests.flower_messages import instruction, node_list_grid
+
+pytestmark = pytest.mark.usefixtures("as_serverapp")
 
 DIM = 20_000
 SIGMA, C = 1.3, 0.5
 # The sample variance of DIM draws has relative std sqrt(2/DIM) = 1%: 5% is 5 std.
 TOLERANCE = 0.05
-
-
-@pytest.fixture(autouse=True)
-def _identity() -> Iterator[None]:
-    with serverapp_identity():
-        yield
-
-
-class _Grid:
-    """A grid stand-in that only lists nodes; messages are built by FedAvg itself."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def get_node_ids(self) -> list[int]:
-        return list(range(1, self.n + 1))
 
 
 def _reply(node: int, arrays: dict[str, np.ndarray]) -> Message:
@@ -51,7 +35,7 @@ def _round(
 ) -> np.ndarray:
     config = ConfigRecord()
     messages = strategy.configure_train(
-        1, ArrayRecord({"w": Array(global_w)}), config, _Grid(clients)
+        1, ArrayRecord({"w": Array(global_w)}), config, node_list_grid(clients)
     )
     assert len(list(messages)) == clients
     arrays, _ = strategy.aggregate_train(1, [_reply(i + 1, {"w": w}) for i, w in enumerate(sent)])
@@ -139,7 +123,9 @@ def test_a_client_cannot_claim_to_be_a_secure_aggregate() -> None:
     huge = np.array([300.0, 400.0], np.float32)
     config = ConfigRecord()
     list(
-        dp.configure_train(1, ArrayRecord({"w": Array(np.zeros(2, np.float32))}), config, _Grid(2))
+        dp.configure_train(
+            1, ArrayRecord({"w": Array(np.zeros(2, np.float32))}), config, node_list_grid(2)
+        )
     )
     forged = _reply(1, {"w": huge})
     forged.content["metrics"]["secure-contributors"] = 1  # a client pretending
@@ -153,7 +139,7 @@ def test_every_round_is_in_the_server_ledger_with_fixed_size_sampling() -> None:
     dp = _dp("server", 10, 5)
     zero = np.zeros(10, np.float32)
     config = ConfigRecord()
-    dp.configure_train(1, ArrayRecord({"w": Array(zero)}), config, _Grid(10))
+    dp.configure_train(1, ArrayRecord({"w": Array(zero)}), config, node_list_grid(10))
     dp._sampled = 4  # four of ten clients sampled: a sampled release
     dp.aggregate_train(1, [_reply(i, {"w": zero}) for i in range(1, 5)])
     first = dp.last_release

@@ -9,15 +9,13 @@ seeds in this file.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
 
 import numpy as np
 import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
-from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -39,7 +37,7 @@ from fedlearn.strategies.shapley import (
 )
 from fedlearn.training import evaluate, train
 from fedlearn.wire import EXAMPLES_KEY
-from tests.flower_messages import serverapp_identity
+from tests.flower_messages import node_list_grid
 
 torch.set_num_threads(1)
 
@@ -389,26 +387,6 @@ def test_invalid_input_is_refused(call: Callable[[], object], message: str) -> N
 # --------------------------------------------------------------------------- Flower wrapper
 
 
-class _Grid:
-    """A grid stand-in that lists nodes 1..n; FedAvg builds the messages itself."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def get_node_ids(self) -> list[int]:
-        return list(range(1, self.n + 1))
-
-
-def _grid(n: int) -> Grid:
-    return cast(Grid, _Grid(n))
-
-
-@pytest.fixture
-def _identity() -> Iterator[None]:
-    with serverapp_identity():
-        yield
-
-
 def _wrapper(validation: Dataset, **kwargs: object) -> ContributionScoring:
     options: dict[str, object] = {"max_examples": 1000} | kwargs
     return ContributionScoring(
@@ -423,7 +401,7 @@ def _instructions(
     strategy: ContributionScoring | ValidatedReplies, rnd: _TrainedRound
 ) -> list[Message]:
     arrays = ArrayRecord({k: Array(v) for k, v in rnd.global_state.items()})
-    messages = list(strategy.configure_train(1, arrays, ConfigRecord(), _grid(6)))
+    messages = list(strategy.configure_train(1, arrays, ConfigRecord(), node_list_grid(6)))
     assert sorted(m.metadata.dst_node_id for m in messages) == [1, 2, 3, 4, 5, 6]
     return messages
 
@@ -450,7 +428,7 @@ def _by_node(scores: dict[int, float]) -> dict[int, float]:
     return {k + 1: v for k, v in scores.items()}
 
 
-@pytest.mark.usefixtures("_identity")
+@pytest.mark.usefixtures("as_serverapp")
 def test_wrapper_scores_replies_and_leaves_aggregation_unchanged(
     federation: _TrainedRound,
 ) -> None:
@@ -472,7 +450,7 @@ def test_wrapper_scores_replies_and_leaves_aggregation_unchanged(
     assert scored.scores == pytest.approx(_by_node(direct.scores), rel=1e-9, abs=1e-12)
 
 
-@pytest.mark.usefixtures("_identity")
+@pytest.mark.usefixtures("as_serverapp")
 def test_wrapper_default_gtg_ranks_noisy_and_duplicate_nodes_lowest(
     federation: _TrainedRound,
 ) -> None:
@@ -488,7 +466,7 @@ def test_wrapper_default_gtg_ranks_noisy_and_duplicate_nodes_lowest(
     assert again.last_scores == scored
 
 
-@pytest.mark.usefixtures("_identity")
+@pytest.mark.usefixtures("as_serverapp")
 def test_claimed_example_counts_are_capped(federation: _TrainedRound) -> None:
     # Node 1 claims a billion examples; scoring weighs it as max_examples.
     strategy = _wrapper(federation.validation, method="exact-shapley", max_examples=500)
@@ -500,7 +478,7 @@ def test_claimed_example_counts_are_capped(federation: _TrainedRound) -> None:
     assert strategy.last_scores.scores == pytest.approx(_by_node(direct.scores), rel=1e-9)
 
 
-@pytest.mark.usefixtures("_identity")
+@pytest.mark.usefixtures("as_serverapp")
 def test_unusable_replies_are_not_scored_but_still_reach_the_strategy(
     federation: _TrainedRound,
 ) -> None:
@@ -531,7 +509,7 @@ def test_unusable_replies_are_not_scored_but_still_reach_the_strategy(
         1,
         ArrayRecord({k: Array(v) for k, v in federation.global_state.items()}),
         ConfigRecord(),
-        _grid(6),
+        node_list_grid(6),
     )
     alone = unwrapped.score(1, _replies(instructions[:4], federation))
     assert alone is not None and alone.scores == pytest.approx(inner.last_scores.scores)
@@ -580,7 +558,7 @@ def test_wrapper_refuses_a_model_or_data_that_do_not_fit(federation: _TrainedRou
         )
 
 
-@pytest.mark.usefixtures("_identity")
+@pytest.mark.usefixtures("as_serverapp")
 def test_exact_method_on_a_round_too_large_for_it_falls_back_to_gtg_and_says_so() -> None:
     rng = np.random.default_rng(0)
     validation = Dataset(rng.random((40, 64), dtype=np.float32), np.arange(40) % 10)
@@ -589,7 +567,7 @@ def test_exact_method_on_a_round_too_large_for_it_falls_back_to_gtg_and_says_so(
     )
     global_state = {k: v.detach().numpy() for k, v in _model().state_dict().items()}
     arrays = ArrayRecord({k: Array(v) for k, v in global_state.items()})
-    instructions = list(strategy.configure_train(1, arrays, ConfigRecord(), _grid(13)))
+    instructions = list(strategy.configure_train(1, arrays, ConfigRecord(), node_list_grid(13)))
     replies = [
         Message(
             RecordDict(

@@ -26,31 +26,11 @@ from fedlearn.privacy.secure.base import (
     blob,
 )
 from fedlearn.wire import EXAMPLES_KEY, SECURE_BLOBS, SECURE_QUERY_TYPE
-from tests.flower_messages import serverapp_identity
+from tests.flower_messages import reachable, serverapp_identity
 
 NODES = (11, 12, 13, 14, 15)
 LENGTH = 2_000
 TIMEOUT = 60.0
-
-
-def _reachable(obj: Any, seen: set[int] | None = None, depth: int = 0) -> Iterator[Any]:
-    """Every value reachable from ``obj`` through attributes and containers."""
-    seen = set() if seen is None else seen
-    if id(obj) in seen or depth > 12:
-        return
-    seen.add(id(obj))
-    yield obj
-    children: list[Any] = []
-    if isinstance(obj, dict):
-        children = [*obj.keys(), *obj.values()]
-    elif isinstance(obj, list | tuple | set | frozenset):
-        children = list(obj)
-    elif hasattr(obj, "__dict__") and not isinstance(obj, type):
-        children = list(vars(obj).values())
-    elif hasattr(obj, "__slots__"):
-        children = [getattr(obj, name, None) for name in obj.__slots__]
-    for child in children:
-        yield from _reachable(child, seen, depth + 1)
 
 
 def _state_secrets(context: Context) -> list[bytes]:
@@ -160,7 +140,7 @@ class SecureModeContract:
         self, server: ServerProtocol, vectors: dict[int, np.ndarray]
     ) -> None:
         _, _, secrets = self._round(server, vectors)
-        held = list(_reachable(server))
+        held = list(reachable(server))
         assert bool(secrets) == self.keeps_secrets
         held_bytes = [bytes(v) for v in held if isinstance(v, bytes | bytearray) and len(v) >= 16]
         for secret in secrets:
