@@ -339,6 +339,11 @@ class PrivacyConfig:
         σ of the user-level Gaussian mechanism (noise std = σ·C on the sum).
     central_clipping_norm : float, default 1.0
         Clipping norm C of each client's update (user level).
+    distributed_dishonest_clients : int, default 1
+        ``"distributed"`` only: how many of the round's ``min-train-clients``
+        survivors may skip their noise share (dishonest or buggy clients
+        colluding with the server). Shares are sized for the rest, so the sum
+        carries the calibrated noise as long as at most this many cheat.
     """
 
     local_dp: bool = False
@@ -351,6 +356,7 @@ class PrivacyConfig:
     central_dp: CentralDPMode = "none"
     central_noise_multiplier: float = 1.0
     central_clipping_norm: float = 1.0
+    distributed_dishonest_clients: int = 1
 
     def __post_init__(self) -> None:
         _require(self.noise_multiplier >= 0, "privacy.noise-multiplier", "must be >= 0")
@@ -372,6 +378,11 @@ class PrivacyConfig:
             self.central_noise_multiplier > 0, "privacy.central-noise-multiplier", "must be > 0"
         )
         _require(self.central_clipping_norm > 0, "privacy.central-clipping-norm", "must be > 0")
+        _require(
+            self.distributed_dishonest_clients >= 0,
+            "privacy.distributed-dishonest-clients",
+            "must be >= 0",
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -545,6 +556,14 @@ class RunConfig:
     attestation: AttestationConfig = field(default_factory=AttestationConfig)
 
     def __post_init__(self) -> None:
+        if self.privacy.central_dp == "distributed":
+            _require(
+                self.privacy.distributed_dishonest_clients < self.federation.min_train_clients,
+                "privacy.distributed-dishonest-clients",
+                f"must be below federation.min-train-clients "
+                f"({self.federation.min_train_clients}) so that one honest noise share "
+                f"remains, got {self.privacy.distributed_dishonest_clients}",
+            )
         if self.attestation.scoring in ("gtg-shapley", "leave-one-out", "exact-shapley"):
             _require(
                 self.secure.mode == "none" and self.privacy.central_dp == "none",

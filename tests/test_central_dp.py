@@ -43,14 +43,14 @@ def _round(
     return arrays["w"].numpy()
 
 
-def _dp(mode: str, clients: int, min_replies: int) -> CentralDP:
+def _dp(mode: str, min_replies: int, *, fraction: float = 1.0, dishonest: int = 0) -> CentralDP:
     return CentralDP(
-        FedAvg(fraction_train=1.0, min_train_nodes=1, min_available_nodes=1),
+        FedAvg(fraction_train=fraction, min_train_nodes=1, min_available_nodes=1),
         mode=mode,
         noise_multiplier=SIGMA,
         clipping_norm=C,
-        num_clients=clients,
         min_replies=min_replies,
+        dishonest_clients=dishonest,
         delta=1e-5,
         rng=np.random.default_rng(0),
     )
@@ -59,7 +59,7 @@ def _dp(mode: str, clients: int, min_replies: int) -> CentralDP:
 def test_server_mode_adds_calibrated_noise_to_the_sum() -> None:
     clients = 10
     global_w = np.zeros(DIM, np.float32)
-    new = _round(_dp("server", clients, 5), clients, global_w, [global_w] * clients)
+    new = _round(_dp("server", 5), clients, global_w, [global_w] * clients)
     noise_on_sum = (new.astype(np.float64) - global_w) * clients
     assert abs(noise_on_sum.mean()) < 5 * SIGMA * C / np.sqrt(DIM)
     assert noise_on_sum.var() == pytest.approx((SIGMA * C) ** 2, rel=TOLERANCE)
@@ -76,7 +76,7 @@ def test_distributed_shares_sum_to_the_calibrated_noise() -> None:
     # each share alone is far below the calibrated noise: nobody sees the aggregate's noise level
     assert np.var(sent[0]) == pytest.approx((SIGMA * C) ** 2 / min_replies, rel=TOLERANCE)
     new = _round(
-        _dp("distributed", clients, min_replies),
+        _dp("distributed", min_replies),
         clients,
         zero,
         [s.astype(np.float32) for s in sent],
@@ -92,7 +92,6 @@ def _noiseless(mode: str, clients: int) -> CentralDP:
         mode=mode,
         noise_multiplier=1e-9,
         clipping_norm=1.0,
-        num_clients=clients,
         min_replies=1,
         delta=1e-5,
         rng=np.random.default_rng(0),
@@ -136,11 +135,11 @@ def test_a_client_cannot_claim_to_be_a_secure_aggregate() -> None:
 
 
 def test_every_round_is_in_the_server_ledger_with_fixed_size_sampling() -> None:
-    dp = _dp("server", 10, 5)
+    dp = _dp("server", 2, fraction=0.4)
     zero = np.zeros(10, np.float32)
     config = ConfigRecord()
-    dp.configure_train(1, ArrayRecord({"w": Array(zero)}), config, node_list_grid(10))
-    dp._sampled = 4  # four of ten clients sampled: a sampled release
+    sent = dp.configure_train(1, ArrayRecord({"w": Array(zero)}), config, node_list_grid(10))
+    assert len(list(sent)) == 4  # four of the ten connected clients: a sampled release
     dp.aggregate_train(1, [_reply(i, {"w": zero}) for i in range(1, 5)])
     first = dp.last_release
     assert first is not None and first.mechanism == "sampled_gaussian_fixed"
@@ -156,7 +155,9 @@ def test_every_round_is_in_the_server_ledger_with_fixed_size_sampling() -> None:
         ({"noise_multiplier": 0.0}, "noise_multiplier"),
         ({"clipping_norm": -1.0}, "clipping_norm"),
         ({"mode": "local"}, "mode"),
-        ({"min_replies": 11}, "min_replies"),
+        ({"min_replies": 0}, "min_replies"),
+        ({"mode": "distributed", "dishonest_clients": 2}, "dishonest_clients"),
+        ({"dishonest_clients": -1}, "dishonest_clients"),
     ],
 )
 def test_invalid_parameters_are_refused(kwargs: dict, fragment: str) -> None:
@@ -164,7 +165,6 @@ def test_invalid_parameters_are_refused(kwargs: dict, fragment: str) -> None:
         "mode": "server",
         "noise_multiplier": 1.0,
         "clipping_norm": 1.0,
-        "num_clients": 10,
         "min_replies": 2,
         "delta": 1e-5,
     }
@@ -176,7 +176,7 @@ def test_full_participation_is_accounted_with_replace_one_sensitivity() -> None:
     from fedlearn.privacy import epsilon, gaussian_event
 
     clients = 4
-    dp = _dp("server", clients, 2)
+    dp = _dp("server", 2)
     zero = np.zeros(10, np.float32)
     _round(dp, clients, zero, [zero] * clients)
     entry = dp.last_release
@@ -186,3 +186,56 @@ def test_full_participation_is_accounted_with_replace_one_sensitivity() -> None:
     assert entry.epsilon == pytest.approx(
         epsilon(gaussian_event(noise_multiplier=SIGMA / 2), delta=1e-5), rel=1e-6
     )
+
+
+@pytest.mark.parametrize("mode", ["server", "client"])
+def test_population_is_the_nodes_connected_not_the_configured_federation(mode: str) -> None:
+    """3 of 10 configured clients connected: every round takes all 3, q = 1 is booked."""
+    dp = _dp(mode, 2)
+    zero = np.zeros(10, np.float32)
+    _round(dp, 3, zero, [zero] * 3)
+    entry = dp.last_release
+    assert entry is not None
+    assert entry.sample_size == entry.population_size == 3
+    # the same ε as a full-participation round of 3: no amplification by sampling
+    full = _dp(mode, 2)
+    _round(full, 3, zero, [zero] * 3)
+    assert full.last_release is not None
+    assert entry.epsilon == pytest.approx(full.last_release.epsilon)
+
+
+def test_distributed_mode_claims_no_amplification_from_the_servers_sample() -> None:
+    """The server picks the sample, and the noise protects against the server."""
+    zero = np.zeros(10, np.float32)
+    sampled = _dp("distributed", 2, fraction=0.4)
+    sent = sampled.configure_train(
+        1, ArrayRecord({"w": Array(zero)}), ConfigRecord(), node_list_grid(10)
+    )
+    assert len(list(sent)) == 4
+    sampled.aggregate_train(1, [_reply(i, {"w": zero}) for i in range(1, 5)])
+    server = _dp("server", 2, fraction=0.4)
+    server.configure_train(1, ArrayRecord({"w": Array(zero)}), ConfigRecord(), node_list_grid(10))
+    server.aggregate_train(1, [_reply(i, {"w": zero}) for i in range(1, 5)])
+    assert sampled.last_release is not None and server.last_release is not None
+    assert sampled.last_release.population_size == sampled.last_release.sample_size == 4
+    assert server.last_release.population_size == 10
+    assert sampled.last_release.epsilon > server.last_release.epsilon
+
+
+def test_noise_shares_are_sized_for_the_honest_survivors() -> None:
+    """With t = 4 and f = 1, three honest shares alone carry the calibrated noise."""
+    dp = _dp("distributed", 4, dishonest=1)
+    config = ConfigRecord()
+    dp.configure_train(
+        1, ArrayRecord({"w": Array(np.zeros(2, np.float32))}), config, node_list_grid(4)
+    )
+    share = float(config["dp-noise-std"])
+    assert share == pytest.approx(SIGMA * C / np.sqrt(3))
+    rng = np.random.default_rng(7)
+    zero = np.zeros(DIM, np.float32)
+    honest = [
+        clip_and_noise([zero], clipping_norm=C, noise_std=share, rng=rng)[0] for _ in range(3)
+    ]
+    cheater = zero.astype(np.float64)  # skips its share
+    noise_on_sum = sum(honest) + cheater
+    assert noise_on_sum.var() == pytest.approx((SIGMA * C) ** 2, rel=TOLERANCE)

@@ -12,18 +12,24 @@ Modes
     Protects the published model, not updates from the server.
     ``"client"``: clients clip (the server checks the norm and drops a
     violator), the server adds the noise.
-    ``"distributed"``: clients clip and each adds ``N(0, σ²C²/t)`` where ``t`` is
-    the round's minimum number of valid replies, so any ``≥ t`` survivors'
-    sum carries at least the calibrated noise and no party ever sees an
-    un-noised update (for use under secure aggregation; with plaintext
-    aggregation the server sees each noised update).
+    ``"distributed"``: clients clip and each adds ``N(0, σ²C²/(t−f))`` where
+    ``t`` is the round's minimum number of valid replies and ``f`` the number
+    of clients that may skip their share (``dishonest_clients``, default 1):
+    any ``≥ t`` survivors of whom at most ``f`` cheat still carry at least the
+    calibrated noise, and no party ever sees an un-noised update (for use under
+    secure aggregation; with plaintext aggregation the server sees each noised
+    update).
 
-Accounting: Flower samples a fixed number ``m`` of the ``N`` clients without
-replacement and the sum is divided by ``m``, which is public only under
-replace-one neighbouring (sensitivity ``2C``); so every round, ``m = N``
+Accounting: Flower samples a fixed number ``m`` of the ``N`` connected clients
+without replacement and the sum is divided by ``m``, which is public only
+under replace-one neighbouring (sensitivity ``2C``); so every round, ``m = N``
 included, is a ``SampledWithoutReplacementDpEvent`` in the server's
 :class:`PrivacyLedger`, which the server writes to disk before the noised
-model leaves it.
+model leaves it. ``N`` is the number of nodes connected when the round
+sampled (never the configured federation size: with 3 of 10 connected every
+round takes all 3, q = 1). In ``"distributed"`` mode the party the noise
+protects against is the server, and the server picks the sample, so no
+amplification by sampling is claimed (``N = m``).
 
 Known limitation: a client's distributed noise share is drawn afresh for every
 request, so a server that asks for the same round twice could average two
@@ -90,11 +96,12 @@ class CentralDP(StrategyWrapper):
         σ: the noise std on the sum is ``σ·C``.
     clipping_norm : float
         C: the L2 bound of each client's update.
-    num_clients : int
-        N: the population clients are sampled from (for accounting).
     min_replies : int
         t: the fewest valid replies a round is applied with; distributed noise
         is calibrated so that t survivors carry the full noise.
+    dishonest_clients : int, default 1
+        f (distributed mode): how many of the t survivors may skip their noise
+        share; shares are sized for ``t − f`` honest ones (needs ``t − f ≥ 1``).
     delta : float
         δ of the server's ledger.
     accountant : {"rdp", "pld"}
@@ -113,7 +120,7 @@ class CentralDP(StrategyWrapper):
     --------
     >>> from flwr.serverapp.strategy import FedAvg
     >>> strategy = CentralDP(FedAvg(), mode="server", noise_multiplier=1.0,
-    ...                      clipping_norm=0.5, num_clients=10, min_replies=5, delta=1e-5)
+    ...                      clipping_norm=0.5, min_replies=5, delta=1e-5)
     """
 
     def __init__(
@@ -123,9 +130,9 @@ class CentralDP(StrategyWrapper):
         mode: CentralDPMode,
         noise_multiplier: float,
         clipping_norm: float,
-        num_clients: int,
         min_replies: int,
         delta: float,
+        dishonest_clients: int = 1,
         accountant: AccountantName = "rdp",
         ledger_path: Path | None = None,
         rng: np.random.Generator | None = None,
@@ -141,16 +148,19 @@ class CentralDP(StrategyWrapper):
                 raise ValueError(f"{name} must be a positive number, got {value}")
         if behind_secure_aggregation and mode == "server":
             raise ValueError("server-side clipping needs every update, not a secure sum")
-        if num_clients < 1 or not 1 <= min_replies <= num_clients:
+        if min_replies < 1:
+            raise ValueError(f"min_replies must be >= 1, got {min_replies}")
+        if dishonest_clients < 0 or (mode == "distributed" and dishonest_clients >= min_replies):
             raise ValueError(
-                f"need 1 <= min_replies <= num_clients, got {min_replies} and {num_clients}"
+                f"dishonest_clients must be in [0, min_replies) = [0, {min_replies}) so that "
+                f"at least one honest noise share remains, got {dishonest_clients}"
             )
         self.strategy = strategy
         self.mode = mode
         self.noise_multiplier = noise_multiplier
         self.clipping_norm = clipping_norm
-        self.num_clients = num_clients
         self.min_replies = min_replies
+        self.dishonest_clients = dishonest_clients
         self.ledger_path = ledger_path
         self.behind_secure_aggregation = behind_secure_aggregation
         if ledger_path is not None and ledger_path.exists():
@@ -161,6 +171,7 @@ class CentralDP(StrategyWrapper):
         self._rng = rng
         self._global: dict[str, NDArray[Any]] = {}
         self._sampled = 0
+        self._population = 0
 
     def round_record(self) -> dict[str, Any]:
         """The server's ledger entry for this round's release (empty if none)."""
@@ -175,6 +186,7 @@ class CentralDP(StrategyWrapper):
                 "noise-multiplier": entry.noise_multiplier,
                 "clipping-norm": entry.clipping_norm,
                 "sample-rate": entry.sample_rate,
+                "dishonest-clients": self.dishonest_clients if self.mode == "distributed" else 0,
             }
         }
 
@@ -182,11 +194,11 @@ class CentralDP(StrategyWrapper):
         """Log the wrapped strategy's summary and the mechanism."""
         self.strategy.summary()
         log.debug(
-            "CentralDP(%s): σ=%g, C=%g, population %d",
+            "CentralDP(%s): σ=%g, C=%g, noise shares for %d honest survivors",
             self.mode,
             self.noise_multiplier,
             self.clipping_norm,
-            self.num_clients,
+            self.min_replies - self.dishonest_clients,
         )
 
     def configure_train(
@@ -199,15 +211,21 @@ class CentralDP(StrategyWrapper):
                 distributed_noise_std(
                     noise_multiplier=self.noise_multiplier,
                     clipping_norm=self.clipping_norm,
-                    num_clients=self.min_replies,
+                    num_clients=self.min_replies - self.dishonest_clients,
                 )
                 if self.mode == "distributed"
                 else 0.0
             )
         self._global = _arrays(arrays)
         self.last_release = None
+        # Counted before Flower samples: a node that joins in between can only make
+        # the true population larger than the one booked (ε over-, never understated).
+        connected = len(list(grid.get_node_ids()))
         messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
         self._sampled = len(messages)
+        self._population = (
+            self._sampled if self.mode == "distributed" else max(connected, self._sampled)
+        )
         return messages
 
     def aggregate_train(
@@ -276,14 +294,14 @@ class CentralDP(StrategyWrapper):
     def _account(self, server_round: int) -> LedgerEntry:
         # Dividing by the number sampled is public only under replace-one
         # neighbouring (sensitivity 2C), so every round is accounted as
-        # fixed-size sampling, full participation (m = N) included. Extra nodes
-        # beyond the configured population enlarge it rather than break it.
+        # fixed-size sampling, full participation (m = N) included, over the
+        # population actually sampled from (see the module docstring).
         return self.ledger.record(
             round=server_round,
             mechanism="sampled_gaussian_fixed",
             noise_multiplier=self.noise_multiplier,
             clipping_norm=self.clipping_norm,
-            population_size=max(self.num_clients, self._sampled),
+            population_size=self._population,
             sample_size=self._sampled,
         )
 

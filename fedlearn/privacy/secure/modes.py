@@ -45,7 +45,7 @@ def value_scale(cfg: RunConfig) -> float:
     """The public factor clients divide their vector by to stay in the mode's range.
 
     Under user-level DP a coordinate of a client's vector is its clipped update
-    (at most ``C``) plus, distributed, its noise share: ``C + 6·σC/√t`` bounds
+    (at most ``C``) plus, distributed, its noise share: ``C + 6·σC/√(t−f)`` bounds
     it except with probability ~2e-9 per coordinate. Otherwise weighted
     updates are used as they are (1).
     """
@@ -59,7 +59,8 @@ def value_scale(cfg: RunConfig) -> float:
         bound += 6 * distributed_noise_std(
             noise_multiplier=privacy.central_noise_multiplier,
             clipping_norm=privacy.central_clipping_norm,
-            num_clients=cfg.federation.min_train_clients,
+            num_clients=cfg.federation.min_train_clients
+            - privacy.distributed_dishonest_clients,
         )
     limit = {
         "ckks": _CKKS_LIMIT,
