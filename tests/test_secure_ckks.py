@@ -24,9 +24,8 @@ from fedlearn.privacy.secure.ckks import (
     CkksClient,
     CkksParameters,
     CkksServer,
-    _ContextProto,
-    _VectorProto,
 )
+from fedlearn.privacy.secure.ckks.primitives import ContextProto, VectorProto
 from fedlearn.privacy.secure.envelope import EnvelopeError, generate_keypair, open_envelope
 from fedlearn.wire import EXAMPLES_KEY, SECURE_BLOBS, SECURE_QUERY_TYPE, CkksStage
 from tests.flower_messages import serverapp_identity
@@ -250,7 +249,7 @@ def test_server_holds_no_secret_key_and_cannot_decrypt(big_round: dict[str, Any]
     assert not public.is_private() and not public.has_secret_key()
     # Decrypting a client's ciphertext with the server's context fails.
     blobs = big_round["replies"][0].content.array_records[SECURE_BLOBS]
-    vec = _VectorProto()
+    vec = VectorProto()
     vec.sizes.append(fed.server.parameters.slots)
     vec.ciphertexts.append(blob_bytes(blobs["ct-0"]))
     vec.scale = fed.server.parameters.scale
@@ -259,7 +258,7 @@ def test_server_holds_no_secret_key_and_cannot_decrypt(big_round: dict[str, Any]
         encrypted.decrypt()
     # Nothing reachable from the server object is (or contains) the secret key.
     secret_context = fed.state(1)["secret-context"]
-    proto = _ContextProto()
+    proto = ContextProto()
     proto.ParseFromString(secret_context)
     secret_key = proto.private_context.secret_key
     assert len(secret_key) > 1000

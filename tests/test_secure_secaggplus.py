@@ -36,11 +36,8 @@ from fedlearn.privacy.secure.base import (
     request,
     stage_of,
 )
-from fedlearn.privacy.secure.secaggplus import (
-    SecAggPlusClient,
-    SecAggPlusServer,
-    _neighbours,
-)
+from fedlearn.privacy.secure.secaggplus import SecAggPlusClient, SecAggPlusServer
+from fedlearn.privacy.secure.secaggplus.primitives import neighbours
 from fedlearn.wire import EXAMPLES_KEY, SECURE_BLOBS, SECURE_QUERY_TYPE, SecAggStage
 from tests.flower_messages import instruction, serverapp_identity
 from tests.loopback_grid import DropRule, LoopbackGrid
@@ -247,8 +244,8 @@ def test_neighbourhoods_symmetric_deterministic_and_sized() -> None:
     rng = np.random.default_rng(3)
     for n, k in [(20, 5), (7, 7), (4, 5), (30, 9), (3, 3)]:
         ids = [int(x) for x in rng.choice(10**12, n, replace=False)]
-        hoods = {i: _neighbours(ids, i, num_shares=k) for i in ids}
-        assert hoods == {i: _neighbours(list(reversed(ids)), i, num_shares=k) for i in ids}
+        hoods = {i: neighbours(ids, i, num_shares=k) for i in ids}
+        assert hoods == {i: neighbours(list(reversed(ids)), i, num_shares=k) for i in ids}
         for i, hood in hoods.items():
             assert i in hood and len(hood) == min(k, n)
             assert all(i in hoods[j] for j in hood)
@@ -385,7 +382,7 @@ def _unmask(fed: Federation, node: int, active: list[int], dead: list[int]) -> M
 def test_client_refuses_node_both_active_and_dead() -> None:
     fed, _, _ = _masked_federation()
     node = sorted(fed.vectors)[3]
-    hood = list(_neighbours(sorted(fed.vectors), node, num_shares=5))
+    hood = list(neighbours(sorted(fed.vectors), node, num_shares=5))
     other = next(j for j in hood if j != node)
     with serverapp_identity():
         reply = _unmask(fed, node, active=hood, dead=[other])
@@ -406,7 +403,7 @@ def test_client_refuses_unknown_node_and_itself_dead() -> None:
     fed, _, _ = _masked_federation()
     ring = sorted(fed.vectors)
     node = ring[0]
-    hood = list(_neighbours(ring, node, num_shares=5))
+    hood = list(neighbours(ring, node, num_shares=5))
     stranger = next(j for j in ring if j not in hood)
     with serverapp_identity():
         reply = _unmask(fed, node, active=hood, dead=[stranger])

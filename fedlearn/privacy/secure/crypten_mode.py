@@ -116,7 +116,7 @@ from typing import IO, Any, ClassVar
 
 import numpy as np
 import psutil
-from flwr.app import ArrayRecord, Context, Error, Message, RecordDict
+from flwr.app import ArrayRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid
 from numpy.typing import NDArray
 
@@ -127,23 +127,28 @@ from fedlearn.privacy.secure.base import (
     SecureSum,
     ServerProtocol,
     blob,
-    blob_bytes,
     request,
     stage_of,
 )
 from fedlearn.privacy.secure.crypten_compat import PRECISION_BITS
 from fedlearn.privacy.secure.crypten_party import FrameError, read_frame, share_label, write_frame
-from fedlearn.privacy.secure.envelope import seal
+from fedlearn.privacy.secure.envelope import ENVELOPE_OVERHEAD, PUBLIC_KEY_BYTES, seal
+from fedlearn.privacy.secure.stages import (
+    check_node_ids,
+    read_blob,
+    read_fields,
+    read_int,
+    read_protected_reply,
+    read_str,
+    refusal,
+)
 from fedlearn.processes import free_port
-from fedlearn.wire import SECURE_BLOBS, SECURE_RECORD, CryptenStage, ErrorCode
+from fedlearn.wire import CryptenStage
 
 __all__ = ["MAX_ABS", "CryptenClient", "CryptenServer", "PartyPool"]
 
-#: Stage name of a train message in this mode (set by :meth:`CryptenServer.setup`).
 #: Largest absolute value a client may share (see the module's "Range").
 MAX_ABS = float(2**36)
-#: Bytes an envelope adds to its plaintext (ephemeral key 32, nonce 12, tag 16).
-_ENVELOPE_OVERHEAD = 60
 _KEY_BLOB = "party-key-{}"
 _SHARE_BLOB = "share-{}"
 #: Scoring may outlast the round's deadline by this much (it takes milliseconds).
@@ -324,7 +329,11 @@ class PartyPool:
         try:
             for channel in self._channels:
                 header, blobs = channel.receive(deadline, ["hello"], None)
-                if header.get("party") != channel.index or len(blobs) != 1 or len(blobs[0]) != 32:
+                if (
+                    header.get("party") != channel.index
+                    or len(blobs) != 1
+                    or len(blobs[0]) != PUBLIC_KEY_BYTES
+                ):
                     raise _PartyError(channel.describe(f"sent a bad hello {header}"))
                 keys.append(blobs[0])
             for channel in self._channels:
@@ -574,7 +583,7 @@ class CryptenServer(ServerProtocol):
         """Give every node the parties' public keys and the round's label fields."""
         _count("server_round", server_round, 0)
         _positive("timeout", timeout)
-        nodes = [_count("node id", n, 0) for n in node_ids]
+        nodes = check_node_ids(node_ids)
         self._ensure_pool()
         keys = {_KEY_BLOB.format(i): key for i, key in enumerate(self._pool.public_keys)}
         return {
@@ -591,11 +600,10 @@ class CryptenServer(ServerProtocol):
     def check_reply(self, msg: Message, *, length: int) -> str | None:
         """Why a train reply is unusable: errors, missing/extra/mis-sized envelopes."""
         _count("length", length, 1)
-        if msg.has_error():
-            return f"the reply is an error ({msg.error.code}: {msg.error.reason})"
-        if SECURE_BLOBS not in msg.content.array_records:
-            return f"the reply has no {SECURE_BLOBS!r} ArrayRecord"
-        record = msg.content.array_records[SECURE_BLOBS]
+        try:
+            record = read_protected_reply(msg)
+        except ValueError as exc:
+            return str(exc)
         expected = {_SHARE_BLOB.format(i) for i in range(self.parties)}
         unknown = sorted(set(record) - expected)
         if unknown:
@@ -603,12 +611,12 @@ class CryptenServer(ServerProtocol):
         missing = sorted(expected - set(record))
         if missing:
             return f"missing shares {missing}"
-        size = 8 * length + _ENVELOPE_OVERHEAD
+        size = 8 * length + ENVELOPE_OVERHEAD
         for name in sorted(expected):
             try:
-                data = blob_bytes(record[name])
+                data = read_blob(record, name)
             except ValueError as exc:
-                return f"{name}: {exc}"
+                return str(exc)
             if len(data) != size:
                 return f"{name} has {len(data)} bytes, expected {size} for {length} values"
         return None
@@ -646,9 +654,9 @@ class CryptenServer(ServerProtocol):
             if problem is not None:
                 dropped[node] = problem
                 continue
-            record = msg.content.array_records[SECURE_BLOBS]
+            record = read_protected_reply(msg)
             envelopes[node] = [
-                blob_bytes(record[_SHARE_BLOB.format(i)]) for i in range(self.parties)
+                read_blob(record, _SHARE_BLOB.format(i)) for i in range(self.parties)
             ]
         nodes = sorted(envelopes)
         if not nodes:
@@ -774,7 +782,9 @@ class CryptenClient(ClientProtocol):
     def __init__(self, *, party_keys: Sequence[bytes] | None = None) -> None:
         if party_keys is not None:
             keys = list(party_keys)
-            if len(keys) < 2 or not all(isinstance(k, bytes) and len(k) == 32 for k in keys):
+            if len(keys) < 2 or not all(
+                isinstance(k, bytes) and len(k) == PUBLIC_KEY_BYTES for k in keys
+            ):
                 raise ValueError("party_keys must be >= 2 X25519 public keys of 32 bytes each")
             self._pinned: tuple[bytes, ...] | None = tuple(keys)
         else:
@@ -786,13 +796,7 @@ class CryptenClient(ClientProtocol):
             stage: str = stage_of(msg)
         except ValueError as exc:
             stage = f"<none: {exc}>"
-        return Message(
-            Error(
-                code=ErrorCode.SECURE,
-                reason=f"the crypten mode has no client-side stage; got stage {stage!r}",
-            ),
-            reply_to=msg,
-        )
+        return refusal(msg, f"the crypten mode has no client-side stage; got stage {stage!r}")
 
     def protect(self, vector: NDArray[np.float64], msg: Message, context: Context) -> ArrayRecord:
         """Split ``vector`` into one sealed additive share per compute party.
@@ -849,28 +853,19 @@ def _checked_vector(vector: Any) -> NDArray[np.float64]:
 
 
 def _train_fields(msg: Message) -> tuple[str, int, list[bytes]]:
-    stage = stage_of(msg)
-    if stage != CryptenStage.TRAIN:
-        raise ValueError(f"expected a {CryptenStage.TRAIN!r} train message, got stage {stage!r}")
-    config = msg.content.config_records[SECURE_RECORD]
-    run, server_round, parties = config.get("run"), config.get("round"), config.get("parties")
-    if not isinstance(run, str) or not run:
-        raise ValueError(f"the {SECURE_RECORD!r} record has no 'run' token")
-    if isinstance(server_round, bool) or not isinstance(server_round, int) or server_round < 0:
-        raise ValueError(f"the {SECURE_RECORD!r} record has no valid 'round': {server_round!r}")
-    if isinstance(parties, bool) or not isinstance(parties, int) or parties < 2:
-        raise ValueError(f"the {SECURE_RECORD!r} record needs 'parties' >= 2, got {parties!r}")
-    if SECURE_BLOBS not in msg.content.array_records:
-        raise ValueError(f"the train message has no {SECURE_BLOBS!r} record with the party keys")
-    record = msg.content.array_records[SECURE_BLOBS]
+    """The run token, the round and the parties' public keys of a train message."""
+    config, record = read_fields(msg, CryptenStage.TRAIN)
+    run = read_str(config, "run")
+    server_round = read_int(config, "round", minimum=0)
+    parties = read_int(config, "parties", minimum=2)
     keys = []
     for index in range(parties):
-        name = _KEY_BLOB.format(index)
-        if name not in record:
-            raise ValueError(f"the train message lacks {name!r} ({parties} parties announced)")
-        key = blob_bytes(record[name])
-        if len(key) != 32:
-            raise ValueError(f"{name} has {len(key)} bytes, an X25519 key has 32")
+        key = read_blob(record, _KEY_BLOB.format(index))
+        if len(key) != PUBLIC_KEY_BYTES:
+            raise ValueError(
+                f"{_KEY_BLOB.format(index)} has {len(key)} bytes, an X25519 key has "
+                f"{PUBLIC_KEY_BYTES}"
+            )
         keys.append(key)
     if len(set(keys)) != parties:
         raise ValueError("two compute parties have the same public key")
