@@ -120,138 +120,62 @@ def demo(
     Measures centralized training of the same model on the same data in the
     same run and prints both accuracies.
     """
-    import numpy as np
-    import torch
-
-    from fedlearn.client_app import default_model
-    from fedlearn.data import Dataset, partition_bundled
-    from fedlearn.training import evaluate, train_centralized
+    from fedlearn.demo import finish_demo, plan_demo
+    from fedlearn.reporting import claims_table, contribution_table
 
     try:
-        cfg = RunConfig().with_overrides(
-            federation={"rounds": rounds, "clients": clients, "seed": seed},
-            data={"dataset": dataset, "alpha": alpha},
-            privacy={
-                "local_dp": not no_dp,
-                "target_epsilon": epsilon,
-                "client_epsilon_budget": epsilon,
-            },
-            secure={"mode": secure},
-            attestation={"enabled": attest},
+        plan = plan_demo(
+            rounds=rounds,
+            clients=clients,
+            seed=seed,
+            dataset=dataset,
+            alpha=alpha,
+            epsilon=epsilon,
+            dp=not no_dp,
+            secure=secure,
+            attest=attest,
         )
-        parts, test_set, _ = partition_bundled(cfg.data, clients=clients, seed=seed)
     except (ConfigError, DataError) as exc:
         raise _fail(str(exc), "check the option values (fedlearn demo --help)") from None
     run_dir = run_dir or _default_run_dir("demo")
     privacy = (
         "no differential privacy (--no-dp)"
         if no_dp
-        else f"local DP-SGD, each holder's budget ε={epsilon} (δ={cfg.privacy.delta:g}) for the run"
+        else f"local DP-SGD, each holder's budget ε={epsilon} "
+        f"(δ={plan.config.privacy.delta:g}) for the run"
     )
     err.print(
         f"[bold]fedlearn demo[/]: {clients} data holders, {dataset} "
-        f"(Dirichlet α={alpha}, {sum(len(p) for p in parts)} training examples), "
+        f"(Dirichlet α={alpha}, {plan.training_examples} training examples), "
         f"{rounds} rounds of FedAvg on Flower's Simulation Engine, {privacy}, "
         f"{_SECURE_SAYS[secure]} → {run_dir}"
     )
-    summary = _run_simulation(cfg, run_dir=run_dir, resume=False, as_json=as_json)
-    history = summary.pop("history")
-
-    pooled = Dataset(np.concatenate([p.x for p in parts]), np.concatenate([p.y for p in parts]))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = default_model(cfg)
-    train_centralized(model, pooled, cfg.train, rounds=rounds, seed=seed)
-    central = evaluate(model, test_set).accuracy
-    federated = summary["final_accuracy"]
-    summary.update(centralized_accuracy=central)
-    baseline, label = central, "centralized (same model, pooled data)"
-    if not no_dp:
-        from fedlearn.privacy.local_dp import train_centralized_dp
-
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            private = default_model(cfg)
-        train_centralized_dp(
-            private,
-            pooled,
-            cfg.train,
-            rounds=rounds,
-            target_epsilon=epsilon,
-            delta=cfg.privacy.delta,
-            max_grad_norm=cfg.privacy.max_grad_norm,
-            generator=torch.Generator().manual_seed(seed),
-        )
-        baseline = evaluate(private, test_set).accuracy
-        label = f"centralized DP-SGD at the same ε={epsilon}"
-        last = history.rounds[-1]
-        summary.update(
-            epsilon_budget=epsilon,
-            max_client_epsilon=last.max_client_epsilon,
-            centralized_dp_accuracy=baseline,
-        )
-    summary.update(gap_points=round(100 * (baseline - federated), 2))
-    history.summary.update(centralized_accuracy=baseline, federated_accuracy=federated)
-    history.save(run_dir / "history.json")
-    history.plot(run_dir / "history.png")
-    holders = _demo_rewards(history, run_dir=run_dir, clients=clients) if attest else []
-    summary.update(rewards=holders)
+    summary = _run_simulation(plan.config, run_dir=run_dir, resume=False, as_json=as_json)
+    result = finish_demo(plan, history=summary.pop("history"), run_dir=run_dir)
+    summary.update(result.to_summary())
     if as_json:
         print(json.dumps(summary, indent=2))
         return
+    label = (
+        "centralized (same model, pooled data)"
+        if no_dp
+        else f"centralized DP-SGD at the same ε={epsilon}"
+    )
     out.print(
-        f"federated accuracy [bold]{federated:.4f}[/]  vs  {label} [bold]{baseline:.4f}[/] "
-        f"(gap {summary['gap_points']:+.2f} points)"
+        f"federated accuracy [bold]{result.federated_accuracy:.4f}[/]  vs  "
+        f"{label} [bold]{result.baseline:.4f}[/] (gap {result.gap_points:+.2f} points)"
     )
     if not no_dp:
+        spent = result.max_client_epsilon  # None when every round was skipped
         out.print(
-            f"non-private centralized: {central:.4f}; largest ε any holder spent: "
-            f"{summary['max_client_epsilon']:.3f} ≤ budget {epsilon}"
+            f"non-private centralized: {result.centralized_accuracy:.4f}; largest ε any holder "
+            f"spent: {'–' if spent is None else f'{spent:.3f}'} ≤ budget {epsilon}"
         )
     out.print(f"plot: {run_dir / 'history.png'}   ledger per round: {run_dir / 'history.json'}")
-    if holders:
-        from rich.table import Table
-
-        from fedlearn.reporting import contribution_table
-
-        out.print(contribution_table(history))
-        table = Table(title="Each data holder verifies its proofs on chain and claims")
-        for name in holders[0]:
-            table.add_column(name, justify="right")
-        for row in holders:
-            table.add_row(*(str(v) for v in row.values()))
-        out.print(table)
+    if result.claims:
+        out.print(contribution_table(result.history))
+        out.print(claims_table(result.claims))
         out.print(f"anyone can check a holder: fedlearn verify --run {run_dir} --client ADDRESS")
-
-
-def _demo_rewards(history: Any, *, run_dir: Path, clients: int) -> list[dict[str, Any]]:
-    """Each simulated holder verifies its records against the chain and claims its reward."""
-    from fedlearn.attestation.bundle import claim_rewards, verify_bundles
-    from fedlearn.attestation.client_mod import partition_wallet
-    from fedlearn.attestation.session import TOKEN_DECIMALS, run_contracts
-
-    chain, contracts = run_contracts(run_dir)
-    rows = []
-    try:
-        for partition in range(clients):
-            account = partition_wallet(run_dir / "holders" / "wallets.secret", partition=partition)
-            report = verify_bundles(run_dir=run_dir, address=account.address, contracts=contracts)
-            chain.ensure_gas(account.address)
-            claimed = claim_rewards(run_dir=run_dir, account=account, contracts=contracts)
-            rows.append(
-                {
-                    "client": partition,
-                    "address": account.address,
-                    "verified rounds": f"{len(report.verified)}/{len(history.rounds)}",
-                    "claimed (FLR)": round(claimed.total / 10**TOKEN_DECIMALS, 2),
-                    "balance (FLR)": round(
-                        contracts.token_balance(account.address) / 10**TOKEN_DECIMALS, 2
-                    ),
-                }
-            )
-    finally:
-        chain.close()
-    return rows
 
 
 @app.command("simulate")
@@ -327,7 +251,7 @@ def server(
     """
     from fedlearn.deployment import SuperLinkSettings, serve
     from fedlearn.reporting import round_table
-    from fedlearn.tls import Certificates, make_certificates
+    from fedlearn.tls import server_certificates
 
     _log_to_console()
     try:
@@ -341,23 +265,20 @@ def server(
         target.mkdir(parents=True, exist_ok=True)
         config = target / "effective-config.toml"
         config.write_text(tomli_w.dumps(cfg.to_dict()), encoding="utf-8")
-    if insecure:
-        if certificates is not None or supernode_auth:
-            raise _fail("--insecure cannot be combined with --certificates or --supernode-auth")
+    try:
+        certs = server_certificates(
+            target / "certs",
+            host=host,
+            certificates=certificates,
+            tls_hosts=tls_host or (),
+            insecure=insecure,
+            supernode_auth=supernode_auth,
+        )
+    except (ValueError, FileNotFoundError) as exc:
+        raise _fail(str(exc)) from None
+    if certs is None:
         err.print("[bold red]WARNING: --insecure: no TLS; updates travel in the clear.[/]")
-        certs = None
-    elif certificates is not None:
-        try:
-            certs = Certificates.in_directory(certificates)
-        except FileNotFoundError as exc:
-            raise _fail(str(exc)) from None
-    else:
-        import socket
-
-        names = [*(tls_host or []), "127.0.0.1", "localhost", socket.getfqdn()]
-        if host not in ("0.0.0.0", "::"):
-            names.insert(0, host)
-        certs = make_certificates(target / "certs", hosts=tuple(dict.fromkeys(names)))
+    elif certificates is None:
         err.print(f"created a CA for this federation; give data holders {certs.ca}")
     settings = SuperLinkSettings(
         host=host,

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -12,7 +13,10 @@ from rich.table import Table
 from fedlearn.history import History, RoundRecord
 from fedlearn.server_app import RoundCallback
 
-__all__ = ["contribution_table", "round_progress", "round_table"]
+if TYPE_CHECKING:
+    from fedlearn.demo import HolderClaim
+
+__all__ = ["claims_table", "contribution_table", "round_progress", "round_table"]
 
 
 def _fmt(value: float | None, spec: str = ".4f") -> str:
@@ -126,4 +130,15 @@ def contribution_table(history: History, *, decimals: int = 18) -> Table:
             f"{reward:,.2f}",
         )
     table.caption = f"scores: {method}"
+    return table
+
+
+def claims_table(claims: Sequence[HolderClaim]) -> Table:
+    """One row per simulated holder: its verified rounds, what it claimed, its balance."""
+    table = Table(title="Each data holder verifies its proofs on chain and claims")
+    rows = [claim.to_row() for claim in claims]
+    for name in rows[0] if rows else ():
+        table.add_column(name, justify="right")
+    for row in rows:
+        table.add_row(*(str(value) for value in row.values()))
     return table

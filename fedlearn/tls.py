@@ -10,6 +10,8 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +20,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["Certificates", "make_certificates", "make_node_keypair"]
+__all__ = ["Certificates", "make_certificates", "make_node_keypair", "server_certificates"]
+
+_WILDCARDS = ("0.0.0.0", "::")
 
 
 @dataclass(frozen=True)
@@ -154,3 +158,66 @@ def make_node_keypair(directory: str | Path, name: str) -> tuple[Path, Path]:
         )
     )
     return private, public
+
+
+def server_certificates(
+    directory: str | Path,
+    *,
+    host: str,
+    certificates: str | Path | None = None,
+    tls_hosts: Sequence[str] = (),
+    insecure: bool = False,
+    supernode_auth: bool = False,
+) -> Certificates | None:
+    """The SuperLink's TLS: none when asked for, the operator's certificates, else a new CA.
+
+    Secure by default: without ``certificates`` and without ``insecure``, a
+    CA for this federation is created in ``directory``; its ``ca.crt`` is
+    what data holders pass to ``fedlearn client --root-certificates``.
+
+    Parameters
+    ----------
+    directory : str or Path
+        Where a new CA and server certificate are written (see :func:`make_certificates`).
+    host : str
+        The address the SuperLink listens on; the certificate's first name,
+        unless it is a wildcard (``0.0.0.0``, ``::``).
+    certificates : str or Path, optional
+        The operator's folder with ``ca.crt``, ``server.pem`` and ``server.key``.
+    tls_hosts : sequence of str, default ()
+        Names or IPs SuperNodes use to reach the server; a new certificate
+        covers them, then ``127.0.0.1``, ``localhost`` and this machine's FQDN.
+    insecure : bool, default False
+        No TLS (trusted test networks only).
+    supernode_auth : bool, default False
+        Whether only registered SuperNodes may join (which needs TLS).
+
+    Returns
+    -------
+    Certificates or None
+        ``None`` exactly when ``insecure``.
+
+    Raises
+    ------
+    ValueError
+        If ``insecure`` comes with ``certificates`` or ``supernode_auth``.
+    FileNotFoundError
+        If the ``certificates`` folder lacks one of its three files.
+
+    Examples
+    --------
+    >>> server_certificates("certs", host="0.0.0.0", insecure=True) is None
+    True
+    """
+    if insecure:
+        if certificates is not None or supernode_auth:
+            raise ValueError(
+                "--insecure cannot be combined with --certificates or --supernode-auth"
+            )
+        return None
+    if certificates is not None:
+        return Certificates.in_directory(certificates)
+    names = [*tls_hosts, "127.0.0.1", "localhost", socket.getfqdn()]
+    if host not in _WILDCARDS:
+        names.insert(0, host)
+    return make_certificates(directory, hosts=tuple(dict.fromkeys(names)))
