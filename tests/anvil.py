@@ -8,6 +8,8 @@ from pathlib import Path
 from fedlearn.processes import ProcessGroup, free_port, tcp_listening, wait_until
 
 ANVIL = Path(__file__).resolve().parents[1] / "node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil"
+
+
 class Anvil:
     """A real anvil node on loopback, owned by PID (restartable on the same port and state)."""
 

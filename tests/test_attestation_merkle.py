@@ -19,6 +19,7 @@ from eth_utils.crypto import keccak
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fedlearn.attestation.hexutil import to_bytes32
 from fedlearn.attestation.leaves import (
     EPSILON_UNBOUNDED,
     LEAF_ABI_TYPES,
@@ -218,6 +219,19 @@ def test_leaf_hash_is_double_keccak_of_abi_encoding() -> None:
     assert len(encoded) == 8 * 32
     assert leaf.leaf_hash() == keccak(keccak(encoded))
     assert ContributionLeaf.from_dict(json.loads(json.dumps(leaf.to_dict()))) == leaf
+
+
+def test_to_bytes32_takes_bytes_or_hex_and_names_what_is_wrong() -> None:
+    value = bytes(range(32))
+    for form in (value, bytearray(value), encode_hex(value), encode_hex(value)[2:]):
+        assert to_bytes32("root", form) == value
+    assert to_bytes32("root", encode_hex(value).upper().replace("0X", "0x")) == value
+    for bad_hex in ("0x" + "zz" * 32, encode_hex(value)[:-1], "ab " * 32):
+        with pytest.raises(ValueError, match="root is not hex"):
+            to_bytes32("root", bad_hex)
+    for wrong in (value[:31], value + b"\0", encode_hex(value[:31]), "0x", 7, None, [0] * 32):
+        with pytest.raises(ValueError, match="root must be 32 bytes"):
+            to_bytes32("root", wrong)
 
 
 def test_run_id_and_commitment_are_deterministic() -> None:

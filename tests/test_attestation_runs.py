@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from eth_utils import decode_hex, encode_hex
 from flwr.app import Context, Message
 
 from fedlearn.attestation.bundle import claim_rewards, verify_client
@@ -84,10 +85,8 @@ def test_plaintext_run_attests_shapley_scores_and_pays_claims(tmp_path: Path) ->
             bundle = json.loads(
                 (run_dir / "attestations" / f"round-{record.round:06d}.json").read_text()
             )
-            on_chain = contracts.root_of(
-                run_id=bytes.fromhex(bundle["run_id"][2:]), round=record.round
-            )
-            assert "0x" + on_chain.hex() == record.attestation["root"] == bundle["root"]
+            on_chain = contracts.root_of(run_id=decode_hex(bundle["run_id"]), round=record.round)
+            assert encode_hex(on_chain) == record.attestation["root"] == bundle["root"]
         earned: dict[str, int] = {}
         for record in history.rounds:
             for c in record.contributions.values():
@@ -199,11 +198,9 @@ def test_chain_outage_delays_attestations_and_loses_none(
         events = contracts.round_posted_events()
         assert sorted(e.round for e in events) == [1, 2, 3]  # every round exactly once
         for record in history.rounds:
-            run_id = bytes.fromhex((run_dir / "attestations" / "run-id").read_text().strip())
-            assert (
-                "0x" + contracts.root_of(run_id=run_id, round=record.round).hex()
-                == (record.attestation["root"])
-            )
+            run_id = decode_hex((run_dir / "attestations" / "run-id").read_text().strip())
+            on_chain = contracts.root_of(run_id=run_id, round=record.round)
+            assert encode_hex(on_chain) == record.attestation["root"]
         outbox.close()
         chain.close()
     finally:

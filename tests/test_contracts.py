@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from eth_abi import encode
-from eth_utils import keccak, to_checksum_address
+from eth_utils import add_0x_prefix, decode_hex, keccak, to_checksum_address
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from web3 import EthereumTesterProvider, Web3
@@ -172,7 +172,7 @@ def revert_data(action: Callable[[], Any]) -> bytes:
     exc = info.value
     data = getattr(exc, "data", None)
     if isinstance(data, str) and data.startswith("0x"):
-        return bytes.fromhex(data[2:])
+        return decode_hex(data)
     message = str(exc.args[0]) if exc.args else str(exc)
     prefix = "execution reverted: "
     assert message.startswith(prefix), f"not a revert: {exc!r}"
@@ -611,9 +611,8 @@ def test_forge_compiles_same_bytecode(forge_build: tuple[Path, dict[str, str]]) 
     for name in CONTRACTS:
         built = json.loads((out / f"{name}.sol" / f"{name}.json").read_text())
         artifact = load_artifact(name)
-        assert "0x" + built["bytecode"]["object"].removeprefix("0x") == artifact["bytecode"]
-        deployed = built["deployedBytecode"]["object"].removeprefix("0x")
-        assert "0x" + deployed == artifact["deployedBytecode"]
+        assert add_0x_prefix(built["bytecode"]["object"]) == artifact["bytecode"]
+        assert add_0x_prefix(built["deployedBytecode"]["object"]) == artifact["deployedBytecode"]
 
 
 def test_forge_fuzz_and_invariants(forge_build: tuple[Path, dict[str, str]]) -> None:

@@ -29,8 +29,10 @@ from typing import Any
 
 from eth_account.signers.local import LocalAccount
 from eth_utils.address import is_address, to_checksum_address
+from eth_utils.hexadecimal import encode_hex
 
 from fedlearn.attestation.chain import ChainError, ChainUnavailableError, Contracts
+from fedlearn.attestation.hexutil import to_bytes32
 from fedlearn.attestation.leaves import ContributionLeaf, allocate_amounts
 from fedlearn.attestation.merkle import MerkleTree, verify_proof
 
@@ -64,21 +66,6 @@ def bundle_path(run_dir: str | Path, round: int) -> Path:
     if isinstance(round, bool) or not isinstance(round, int) or round < 0:
         raise ValueError(f"round must be an int >= 0, got {round!r}")
     return bundle_dir(run_dir) / f"round-{round:06d}.json"
-
-
-def _hex(value: bytes) -> str:
-    return "0x" + value.hex()
-
-
-def _b32(name: str, value: object) -> bytes:
-    if isinstance(value, str):
-        try:
-            value = bytes.fromhex(value.removeprefix("0x"))
-        except ValueError:
-            raise ValueError(f"{name} is not hex") from None
-    if not isinstance(value, bytes | bytearray) or len(value) != 32:
-        raise ValueError(f"{name} must be 32 bytes")
-    return bytes(value)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -129,7 +116,7 @@ class RoundBundle:
             run_id=first.run_id,
             round=first.round,
             root=tree.root,
-            aggregate_hash=_b32("aggregate_hash", aggregate_hash),
+            aggregate_hash=to_bytes32("aggregate_hash", aggregate_hash),
             budget=budget,
             leaves=tuple(leaves),
             tx_hash=tx_hash,
@@ -151,17 +138,17 @@ class RoundBundle:
         return {
             "format": BUNDLE_FORMAT,
             "run_name": self.run_name,
-            "run_id": _hex(self.run_id),
+            "run_id": encode_hex(self.run_id),
             "round": self.round,
-            "root": _hex(self.root),
-            "aggregate_hash": _hex(self.aggregate_hash),
+            "root": encode_hex(self.root),
+            "aggregate_hash": encode_hex(self.aggregate_hash),
             "budget": str(self.budget),
-            "tx_hash": _hex(self.tx_hash) if self.tx_hash is not None else None,
+            "tx_hash": encode_hex(self.tx_hash) if self.tx_hash is not None else None,
             "leaves": [
                 leaf.to_dict()
                 | {
-                    "leaf_hash": _hex(leaf.leaf_hash()),
-                    "proof": [_hex(p) for p in tree.proof(leaf.leaf_hash())],
+                    "leaf_hash": encode_hex(leaf.leaf_hash()),
+                    "proof": [encode_hex(p) for p in tree.proof(leaf.leaf_hash())],
                 }
                 for leaf in self.leaves
             ],
@@ -199,14 +186,16 @@ def _read(path: Path) -> _Published:
     for index, item in enumerate(data["leaves"]):
         leaf = ContributionLeaf.from_dict(item)
         stored = (
-            _b32(f"leaves[{index}].leaf_hash", item["leaf_hash"]) if "leaf_hash" in item else None
+            to_bytes32(f"leaves[{index}].leaf_hash", item["leaf_hash"])
+            if "leaf_hash" in item
+            else None
         )
-        proof = [_b32(f"leaves[{index}].proof", p) for p in item.get("proof", [])]
+        proof = [to_bytes32(f"leaves[{index}].proof", p) for p in item.get("proof", [])]
         leaves.append((leaf, stored, proof))
     return _Published(
         round=int(data["round"]),
-        run_id=_b32("run_id", data["run_id"]),
-        root=_b32("root", data["root"]),
+        run_id=to_bytes32("run_id", data["run_id"]),
+        root=to_bytes32("root", data["root"]),
         budget=int(data["budget"]),
         leaves=tuple(leaves),
     )
@@ -271,7 +260,7 @@ def _check_round(
     if not verify_proof(leaf_hash=leaf_hash, proof=proof, root=on_chain):
         return (
             f"the proof of {address}'s leaf does not lead to the on-chain root "
-            f"{_hex(on_chain)} (bundle altered or not the posted one)"
+            f"{encode_hex(on_chain)} (bundle altered or not the posted one)"
         )
     try:
         tree = MerkleTree.from_leaf_hashes(entry[0].leaf_hash() for entry in published.leaves)

@@ -31,6 +31,7 @@ from eth_account.signers.local import LocalAccount
 from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 
+from fedlearn.attestation.hexutil import to_bytes32
 from fedlearn.attestation.signing import SignedCommitment, WalletError, load_wallet
 from fedlearn.wire import ATTEST_RUN_ID_KEY, ATTESTATION_KEY, ErrorCode
 
@@ -136,7 +137,7 @@ def make_attestation_mod(wallet: WalletProvider) -> Callable[..., Message]:
             account = wallet(context)
             signed = SignedCommitment.create(
                 account=account,
-                run_id=bytes.fromhex(str(run_id).removeprefix("0x")),
+                run_id=to_bytes32("run_id", run_id),
                 round=int(cast(int, config["server-round"])),
                 payload=payload_bytes(reply.content),
             )

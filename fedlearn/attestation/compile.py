@@ -33,6 +33,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from eth_utils.hexadecimal import add_0x_prefix
+
 __all__ = [
     "ARTIFACTS_DIR",
     "CONTRACTS",
@@ -208,8 +210,8 @@ def build_artifacts(root: Path = REPO_ROOT) -> dict[str, dict[str, Any]]:
             "contractName": name,
             "sourceName": unit,
             "abi": contract["abi"],
-            "bytecode": "0x" + contract["evm"]["bytecode"]["object"],
-            "deployedBytecode": "0x" + contract["evm"]["deployedBytecode"]["object"],
+            "bytecode": add_0x_prefix(contract["evm"]["bytecode"]["object"]),
+            "deployedBytecode": add_0x_prefix(contract["evm"]["deployedBytecode"]["object"]),
             "methodIdentifiers": contract["evm"]["methodIdentifiers"],
             "compiler": {"name": "solc-js", "version": SOLC_VERSION},
             "settings": SETTINGS,

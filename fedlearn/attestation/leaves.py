@@ -39,6 +39,9 @@ from typing import Any, Literal
 from eth_abi.abi import encode as abi_encode
 from eth_utils.address import is_address, to_checksum_address
 from eth_utils.crypto import keccak
+from eth_utils.hexadecimal import encode_hex
+
+from fedlearn.attestation.hexutil import to_bytes32
 
 __all__ = [
     "EPSILON_SCALE",
@@ -127,26 +130,10 @@ def _uint(name: str, value: object, maximum: int) -> int:
     return value
 
 
-def _bytes32(name: str, value: object) -> bytes:
-    if isinstance(value, str):
-        text = value.removeprefix("0x")
-        try:
-            value = bytes.fromhex(text)
-        except ValueError:
-            raise ValueError(f"{name} is not hex: {value!r}") from None
-    if not isinstance(value, bytes | bytearray) or len(value) != 32:
-        raise ValueError(f"{name} must be 32 bytes, got {value!r}")
-    return bytes(value)
-
-
 def _address(name: str, value: object) -> str:
     if not isinstance(value, str) or not is_address(value):
         raise ValueError(f"{name} must be a 20-byte hex address, got {value!r}")
     return str(to_checksum_address(value))
-
-
-def _hex(value: bytes) -> str:
-    return "0x" + value.hex()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -183,10 +170,10 @@ class ContributionLeaf:
     amount: int
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "run_id", _bytes32("run_id", self.run_id))
+        object.__setattr__(self, "run_id", to_bytes32("run_id", self.run_id))
         _uint("round", self.round, _UINT64_MAX)
         object.__setattr__(self, "client", _address("client", self.client))
-        object.__setattr__(self, "commitment", _bytes32("commitment", self.commitment))
+        object.__setattr__(self, "commitment", to_bytes32("commitment", self.commitment))
         for name in ("score", "examples", "epsilon_micro", "amount"):
             _uint(name, getattr(self, name), _UINT256_MAX)
 
@@ -214,10 +201,10 @@ class ContributionLeaf:
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form (hex for bytes; uint256 values as decimal strings)."""
         return {
-            "run_id": _hex(self.run_id),
+            "run_id": encode_hex(self.run_id),
             "round": self.round,
             "client": self.client,
-            "commitment": _hex(self.commitment),
+            "commitment": encode_hex(self.commitment),
             "score": str(self.score),
             "examples": str(self.examples),
             "epsilon_micro": str(self.epsilon_micro),
@@ -244,10 +231,10 @@ class ContributionLeaf:
 
         try:
             return cls(
-                run_id=_bytes32("run_id", data["run_id"]),
+                run_id=to_bytes32("run_id", data["run_id"]),
                 round=integer("round"),
                 client=data["client"],
-                commitment=_bytes32("commitment", data["commitment"]),
+                commitment=to_bytes32("commitment", data["commitment"]),
                 score=integer("score"),
                 examples=integer("examples"),
                 epsilon_micro=integer("epsilon_micro"),
@@ -285,7 +272,7 @@ class Contribution:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "client", _address("client", self.client))
-        object.__setattr__(self, "commitment", _bytes32("commitment", self.commitment))
+        object.__setattr__(self, "commitment", to_bytes32("commitment", self.commitment))
         if isinstance(self.score, bool) or not isinstance(self.score, int | float):
             raise TypeError(f"score must be a number, got {self.score!r}")
         if not math.isfinite(self.score):
@@ -353,7 +340,7 @@ def round_leaves(
     ...     run_id=bytes([0]) * 32, round=1, contributions=c, budget=1000, max_examples=500)]
     [(750, 10), (250, 500)]
     """
-    run_id = _bytes32("run_id", run_id)
+    run_id = to_bytes32("run_id", run_id)
     _uint("round", round, _UINT64_MAX)
     _uint("max_examples", max_examples, _UINT256_MAX)
     if max_examples < 1:

@@ -29,36 +29,31 @@ import itertools
 from collections.abc import Iterable, Sequence
 
 from eth_utils.crypto import keccak
+from eth_utils.hexadecimal import encode_hex
+
+from fedlearn.attestation.hexutil import to_bytes32
 
 __all__ = ["MerkleTree", "hash_pair", "process_proof", "verify_proof"]
-
-_HASH_BYTES = 32
-
-
-def _check_hash(name: str, value: object) -> bytes:
-    if not isinstance(value, bytes | bytearray) or len(value) != _HASH_BYTES:
-        raise ValueError(f"{name} must be 32 bytes, got {value!r}")
-    return bytes(value)
 
 
 def hash_pair(a: bytes, b: bytes) -> bytes:
     """``keccak256`` of the two 32-byte hashes concatenated in ascending order."""
-    a = _check_hash("a", a)
-    b = _check_hash("b", b)
+    a = to_bytes32("a", a)
+    b = to_bytes32("b", b)
     return keccak(a + b) if a <= b else keccak(b + a)
 
 
 def process_proof(*, leaf_hash: bytes, proof: Sequence[bytes]) -> bytes:
     """The root implied by ``leaf_hash`` and ``proof`` (``MerkleProof.processProof``)."""
-    computed = _check_hash("leaf_hash", leaf_hash)
+    computed = to_bytes32("leaf_hash", leaf_hash)
     for index, sibling in enumerate(proof):
-        computed = hash_pair(computed, _check_hash(f"proof[{index}]", sibling))
+        computed = hash_pair(computed, to_bytes32(f"proof[{index}]", sibling))
     return computed
 
 
 def verify_proof(*, leaf_hash: bytes, proof: Sequence[bytes], root: bytes) -> bool:
     """Whether ``proof`` proves ``leaf_hash`` under ``root`` (``MerkleProof.verify``)."""
-    return process_proof(leaf_hash=leaf_hash, proof=proof) == _check_hash("root", root)
+    return process_proof(leaf_hash=leaf_hash, proof=proof) == to_bytes32("root", root)
 
 
 class MerkleTree:
@@ -97,12 +92,12 @@ class MerkleTree:
         ValueError
             If there are no leaves, a leaf is not 32 bytes, or two are equal.
         """
-        leaves = sorted(_check_hash(f"leaf {i}", h) for i, h in enumerate(leaf_hashes))
+        leaves = sorted(to_bytes32(f"leaf {i}", h) for i, h in enumerate(leaf_hashes))
         if not leaves:
             raise ValueError("a Merkle tree needs at least one leaf")
         for previous, current in itertools.pairwise(leaves):
             if previous == current:
-                raise ValueError(f"duplicate leaf hash 0x{current.hex()}")
+                raise ValueError(f"duplicate leaf hash {encode_hex(current)}")
         size = 2 * len(leaves) - 1
         nodes: list[bytes] = [b""] * size
         for i, leaf in enumerate(leaves):
@@ -130,9 +125,9 @@ class MerkleTree:
         KeyError
             If ``leaf_hash`` is not a leaf of this tree.
         """
-        leaf_hash = _check_hash("leaf_hash", leaf_hash)
+        leaf_hash = to_bytes32("leaf_hash", leaf_hash)
         if leaf_hash not in self._index:
-            raise KeyError(f"0x{leaf_hash.hex()} is not a leaf of this tree")
+            raise KeyError(f"{encode_hex(leaf_hash)} is not a leaf of this tree")
         node = len(self._nodes) - 1 - self._index[leaf_hash]
         siblings: list[bytes] = []
         while node > 0:

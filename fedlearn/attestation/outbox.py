@@ -35,12 +35,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from eth_utils.hexadecimal import decode_hex, encode_hex
+
 from fedlearn.attestation.chain import (
     ChainError,
     ChainUnavailableError,
     ContractRevertError,
     Contracts,
 )
+from fedlearn.attestation.hexutil import to_bytes32
 
 __all__ = [
     "AttestationConflictError",
@@ -119,20 +122,6 @@ class FlushResult:
         return not self.pending
 
 
-def _b32(name: str, value: object) -> bytes:
-    if not isinstance(value, bytes | bytearray) or len(value) != 32:
-        raise ValueError(f"{name} must be 32 bytes, got {value!r}")
-    return bytes(value)
-
-
-def _hex(value: bytes) -> str:
-    return "0x" + value.hex()
-
-
-def _unhex(value: str) -> bytes:
-    return bytes.fromhex(value.removeprefix("0x"))
-
-
 class Outbox:
     """Durable outbox of round attestations in a SQLite file.
 
@@ -191,29 +180,31 @@ class Outbox:
         ValueError
             If an argument is malformed (a zero root is refused, like on chain).
         """
-        run_id, root = _b32("run_id", run_id), _b32("root", root)
-        aggregate_hash = _b32("aggregate_hash", aggregate_hash)
+        run_id, root = to_bytes32("run_id", run_id), to_bytes32("root", root)
+        aggregate_hash = to_bytes32("aggregate_hash", aggregate_hash)
         if isinstance(round, bool) or not isinstance(round, int) or not 0 <= round < 2**64:
             raise ValueError(f"round must be an int in [0, 2**64), got {round!r}")
         if root == _ZERO:
             raise ValueError("an all-zero Merkle root cannot be posted")
+        run_hex, root_hex = encode_hex(run_id), encode_hex(root)
+        aggregate_hex = encode_hex(aggregate_hash)
         now = time.time()
         with self._transaction():
             row = self._db.execute(
                 "SELECT root, aggregate_hash FROM attestations WHERE run_id = ? AND round = ?",
-                (_hex(run_id), round),
+                (run_hex, round),
             ).fetchone()
             if row is not None:
-                if (row[0], row[1]) == (_hex(root), _hex(aggregate_hash)):
+                if (row[0], row[1]) == (root_hex, aggregate_hex):
                     return False
                 raise OutboxError(
-                    f"round {round} of run {_hex(run_id)} already has attestation root {row[0]}; "
-                    f"refusing to replace it with {_hex(root)}"
+                    f"round {round} of run {run_hex} already has attestation root {row[0]}; "
+                    f"refusing to replace it with {root_hex}"
                 )
             self._db.execute(
                 "INSERT INTO attestations (run_id, round, root, aggregate_hash, status, "
                 "created_at, updated_at) VALUES (?, ?, ?, ?, 'pending', ?, ?)",
-                (_hex(run_id), round, _hex(root), _hex(aggregate_hash), now, now),
+                (run_hex, round, root_hex, aggregate_hex, now, now),
             )
         return True
 
@@ -222,13 +213,13 @@ class Outbox:
         return _Tx(self._db)
 
     def _update(self, entry: OutboxEntry, **values: object) -> None:
-        values = {k: (_hex(v) if isinstance(v, bytes) else v) for k, v in values.items()} | {
+        values = {k: (encode_hex(v) if isinstance(v, bytes) else v) for k, v in values.items()} | {
             "updated_at": time.time()
         }
         assignments = ", ".join(f"{key} = ?" for key in values)
         self._db.execute(
             f"UPDATE attestations SET {assignments} WHERE run_id = ? AND round = ?",
-            (*values.values(), _hex(entry.run_id), entry.round),
+            (*values.values(), encode_hex(entry.run_id), entry.round),
         )
 
     # -- reading
@@ -246,12 +237,12 @@ class Outbox:
         rows = self._db.execute(query + " ORDER BY round, created_at, run_id", params).fetchall()
         return [
             OutboxEntry(
-                run_id=_unhex(r[0]),
+                run_id=decode_hex(r[0]),
                 round=int(r[1]),
-                root=_unhex(r[2]),
-                aggregate_hash=_unhex(r[3]),
+                root=decode_hex(r[2]),
+                aggregate_hash=decode_hex(r[3]),
                 status=r[4],
-                tx_hash=_unhex(r[5]) if r[5] else None,
+                tx_hash=decode_hex(r[5]) if r[5] else None,
                 block_number=r[6],
                 attempts=int(r[7]),
                 last_error=r[8],
@@ -302,7 +293,7 @@ class Outbox:
             else:
                 with self._transaction():
                     self._update(
-                        entry, status="conflict", last_error=f"chain holds {_hex(on_chain)}"
+                        entry, status="conflict", last_error=f"chain holds {encode_hex(on_chain)}"
                     )
         self._needs_reconcile = False
         return requeued
@@ -385,14 +376,18 @@ class Outbox:
                 self._update(entry, status="confirmed", last_error=None)
             return "confirmed"
         if on_chain != _ZERO:
-            message = f"chain holds root {_hex(on_chain)}, outbox has {_hex(entry.root)}"
+            message = (
+                f"chain holds root {encode_hex(on_chain)}, outbox has {encode_hex(entry.root)}"
+            )
             with self._transaction():
                 self._update(entry, status="conflict", last_error=message)
             _LOG.error("round %d: %s", entry.round, message)
             return message
         tx_hash = entry.tx_hash
         if tx_hash is not None and contracts.transaction_status(tx_hash) == "pending":
-            _LOG.info("round %d: waiting for earlier transaction %s", entry.round, _hex(tx_hash))
+            _LOG.info(
+                "round %d: waiting for earlier transaction %s", entry.round, encode_hex(tx_hash)
+            )
         else:
             try:
                 tx_hash = contracts.post_round(

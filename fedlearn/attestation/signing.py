@@ -30,7 +30,9 @@ from eth_account import Account
 from eth_account.messages import SignableMessage, encode_typed_data
 from eth_account.signers.local import LocalAccount
 from eth_utils.address import is_address, to_checksum_address
+from eth_utils.hexadecimal import decode_hex, encode_hex
 
+from fedlearn.attestation.hexutil import to_bytes32
 from fedlearn.attestation.leaves import commitment_of
 
 __all__ = [
@@ -71,12 +73,6 @@ class WalletError(RuntimeError):
 
 class SignatureError(ValueError):
     """A signed commitment is invalid, replayed, or from the wrong signer."""
-
-
-def _bytes32(name: str, value: object) -> bytes:
-    if not isinstance(value, bytes | bytearray) or len(value) != 32:
-        raise ValueError(f"{name} must be 32 bytes, got {value!r}")
-    return bytes(value)
 
 
 def _round(value: object) -> int:
@@ -186,9 +182,9 @@ def _typed_message(*, run_id: bytes, round: int, commitment: bytes) -> SignableM
             "primaryType": "UpdateCommitment",
             "domain": _DOMAIN,
             "message": {
-                "runId": _bytes32("run_id", run_id),
+                "runId": to_bytes32("run_id", run_id),
                 "round": _round(round),
-                "commitment": _bytes32("commitment", commitment),
+                "commitment": to_bytes32("commitment", commitment),
             },
         }
     )
@@ -234,9 +230,9 @@ class SignedCommitment:
     signature: bytes
 
     def __post_init__(self) -> None:
-        _bytes32("run_id", self.run_id)
+        object.__setattr__(self, "run_id", to_bytes32("run_id", self.run_id))
         _round(self.round)
-        _bytes32("commitment", self.commitment)
+        object.__setattr__(self, "commitment", to_bytes32("commitment", self.commitment))
         if not isinstance(self.signer, str) or not is_address(self.signer):
             raise ValueError(f"signer must be an address, got {self.signer!r}")
         object.__setattr__(self, "signer", str(to_checksum_address(self.signer)))
@@ -262,11 +258,11 @@ class SignedCommitment:
     def to_dict(self) -> dict[str, Any]:
         """JSON/ConfigRecord-safe form (hex strings and an int)."""
         return {
-            "run_id": "0x" + self.run_id.hex(),
+            "run_id": encode_hex(self.run_id),
             "round": self.round,
-            "commitment": "0x" + self.commitment.hex(),
+            "commitment": encode_hex(self.commitment),
             "signer": self.signer,
-            "signature": "0x" + self.signature.hex(),
+            "signature": encode_hex(self.signature),
         }
 
     @classmethod
@@ -274,11 +270,11 @@ class SignedCommitment:
         """Inverse of :meth:`to_dict`; raises ``SignatureError`` on malformed input."""
         try:
             return cls(
-                run_id=bytes.fromhex(str(data["run_id"]).removeprefix("0x")),
+                run_id=to_bytes32("run_id", data["run_id"]),
                 round=int(data["round"]),
-                commitment=bytes.fromhex(str(data["commitment"]).removeprefix("0x")),
+                commitment=to_bytes32("commitment", data["commitment"]),
                 signer=str(data["signer"]),
-                signature=bytes.fromhex(str(data["signature"]).removeprefix("0x")),
+                signature=decode_hex(str(data["signature"])),
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise SignatureError(f"malformed signed commitment: {exc}") from None
@@ -314,12 +310,12 @@ def check_signed_commitment(
         commitment that does not match the payload, a signature that does not
         recover to the claimed signer, or a signer other than ``expected_address``.
     """
-    run_id = _bytes32("run_id", run_id)
+    run_id = to_bytes32("run_id", run_id)
     _round(expected_round)
     if signed.run_id != run_id:
         raise SignatureError(
-            f"commitment signed for another run (0x{signed.run_id.hex()}, "
-            f"expected 0x{run_id.hex()})"
+            f"commitment signed for another run ({encode_hex(signed.run_id)}, "
+            f"expected {encode_hex(run_id)})"
         )
     if signed.round != expected_round:
         raise SignatureError(

@@ -19,6 +19,7 @@ from typing import Any
 
 from eth_account.signers.local import LocalAccount
 from eth_typing import ChecksumAddress
+from eth_utils.hexadecimal import encode_hex
 from web3.contract import Contract
 from web3.exceptions import TimeExhausted, TransactionNotFound
 
@@ -31,6 +32,7 @@ from fedlearn.attestation.chain.errors import (
     _translate,
 )
 from fedlearn.attestation.compile import load_artifact
+from fedlearn.attestation.hexutil import to_bytes32
 from fedlearn.attestation.leaves import ContributionLeaf
 
 __all__ = ["CLAIM_GAS", "POST_ROUND_GAS", "Contracts", "Deployment", "RoundPosted"]
@@ -41,12 +43,6 @@ __all__ = ["CLAIM_GAS", "POST_ROUND_GAS", "Contracts", "Deployment", "RoundPoste
 #: surfaces a revert with its reason.
 POST_ROUND_GAS = 120_000
 CLAIM_GAS = 250_000
-
-
-def _bytes32(name: str, value: object) -> bytes:
-    if not isinstance(value, bytes | bytearray) or len(value) != 32:
-        raise ValueError(f"{name} must be 32 bytes, got {value!r}")
-    return bytes(value)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -284,8 +280,8 @@ class Contracts:
         """
         if self.coordinator is None:
             raise ChainError("posting rounds needs the coordinator account")
-        run_id, root = _bytes32("run_id", run_id), _bytes32("root", root)
-        aggregate_hash = _bytes32("aggregate_hash", aggregate_hash)
+        run_id, root = to_bytes32("run_id", run_id), to_bytes32("root", root)
+        aggregate_hash = to_bytes32("aggregate_hash", aggregate_hash)
         coordinator = self.coordinator
         context = f"postRound(round {round})"
         call = self.ledger.functions.postRound(run_id, round, root, aggregate_hash)
@@ -304,7 +300,7 @@ class Contracts:
 
     def root_of(self, *, run_id: bytes, round: int) -> bytes:
         """The posted root of ``(run_id, round)``, 32 zero bytes if not posted."""
-        run_id = _bytes32("run_id", run_id)
+        run_id = to_bytes32("run_id", run_id)
         with _guard(self.chain.description):
             return bytes(self.ledger.functions.rootOf(run_id, round).call())
 
@@ -314,7 +310,7 @@ class Contracts:
         """``RoundPosted`` events since deployment, optionally filtered."""
         filters: dict[str, Any] = {}
         if run_id is not None:
-            filters["runId"] = _bytes32("run_id", run_id)
+            filters["runId"] = to_bytes32("run_id", run_id)
         if round is not None:
             filters["round"] = round
         with _guard(self.chain.description):
@@ -376,7 +372,7 @@ class Contracts:
         """
         if account.address != leaf.client:
             raise ValueError(f"leaf belongs to {leaf.client}, not to {account.address}")
-        proof_list = [_bytes32(f"proof[{i}]", p) for i, p in enumerate(proof)]
+        proof_list = [to_bytes32(f"proof[{i}]", p) for i, p in enumerate(proof)]
         context = f"claim(round {leaf.round})"
         with _guard(self.chain.description):
             self.chain.ensure_gas(account.address)
@@ -459,8 +455,8 @@ def _wait(chain: Chain, tx_hash: bytes, *, timeout: float, context: str) -> Mapp
         )
     except TimeExhausted:
         raise ChainError(
-            f"{context}: transaction 0x{tx_hash.hex()} not mined within {timeout:.0f} s"
+            f"{context}: transaction {encode_hex(tx_hash)} not mined within {timeout:.0f} s"
         ) from None
     if receipt["status"] != 1:
-        raise TransactionFailedError(f"{context}: transaction 0x{tx_hash.hex()} reverted")
+        raise TransactionFailedError(f"{context}: transaction {encode_hex(tx_hash)} reverted")
     return receipt

@@ -26,6 +26,7 @@ from typing import Any, TextIO
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
+from eth_utils.hexadecimal import decode_hex, encode_hex
 from web3 import Web3
 
 from fedlearn.attestation.chain.base import (
@@ -97,7 +98,7 @@ class EmbeddedChain:
         for number, line in enumerate(lines, start=1):
             try:
                 entry = json.loads(line)
-                raw = bytes.fromhex(entry["raw"].removeprefix("0x"))
+                raw = decode_hex(entry["raw"])
                 expected_hash = entry["tx_hash"]
                 expected_status = int(entry["status"])
             except (ValueError, KeyError, TypeError, AttributeError):
@@ -107,7 +108,7 @@ class EmbeddedChain:
                 raise ChainError(f"{self._journal_path}:{number} is corrupt") from None
             tx_hash = self._w3.eth.send_raw_transaction(raw)
             status = self._eth.get_transaction_receipt(tx_hash)["status"]
-            if "0x" + bytes(tx_hash).hex() != expected_hash or status != expected_status:
+            if encode_hex(tx_hash) != expected_hash or status != expected_status:
                 raise ChainError(
                     f"{self._journal_path}:{number}: replay diverged "
                     f"(transaction {expected_hash}, status {expected_status} expected)"
@@ -130,7 +131,7 @@ class EmbeddedChain:
         except Exception as exc:
             raise _translate(exc, "transaction") from exc
         status = self._eth.get_transaction_receipt(tx_hash)["status"]
-        entry = {"tx_hash": "0x" + tx_hash.hex(), "status": status, "raw": "0x" + raw.hex()}
+        entry = {"tx_hash": encode_hex(tx_hash), "status": status, "raw": encode_hex(raw)}
         self._journal.write(json.dumps(entry) + "\n")
         self._journal.flush()
         os.fsync(self._journal.fileno())

@@ -20,6 +20,7 @@ from typing import Any
 import requests
 from eth_abi.abi import decode as abi_decode
 from eth_utils.abi import function_signature_to_4byte_selector
+from eth_utils.hexadecimal import decode_hex, encode_hex
 from web3.exceptions import ContractCustomError, ContractLogicError, ProviderConnectionError
 
 from fedlearn.attestation.compile import CONTRACTS, load_artifact
@@ -64,7 +65,7 @@ class ContractRevertError(ChainError):
 
 
 def _show(value: Any) -> str:
-    return "0x" + value.hex() if isinstance(value, bytes) else repr(value)
+    return encode_hex(value) if isinstance(value, bytes) else repr(value)
 
 
 #: Transport failures: the node did not answer (as opposed to answering with an error).
@@ -105,9 +106,9 @@ def _error_table() -> dict[bytes, tuple[str, list[str]]]:
 def _revert_data(exc: BaseException) -> bytes | None:
     data = getattr(exc, "data", None)
     if isinstance(data, str) and data.startswith("0x"):
-        return bytes.fromhex(data[2:])
+        return decode_hex(data)
     if isinstance(data, dict) and isinstance(data.get("data"), str):
-        return bytes.fromhex(str(data["data"]).removeprefix("0x"))
+        return decode_hex(str(data["data"]))
     for arg in exc.args:
         if isinstance(arg, bytes):
             return arg
@@ -119,7 +120,7 @@ def _revert_data(exc: BaseException) -> bytes | None:
                 return value if isinstance(value, bytes) else None
             match = re.search(r"(0x[0-9a-fA-F]{8,})", arg)
             if match and isinstance(exc, ContractLogicError):
-                return bytes.fromhex(match.group(1)[2:])
+                return decode_hex(match.group(1))
     return None
 
 
@@ -134,7 +135,7 @@ def _translate(exc: BaseException, context: str) -> ChainError:
         try:
             arguments = tuple(abi_decode(types, data[4:]))
         except Exception:
-            arguments = ("0x" + data[4:].hex(),)
+            arguments = (encode_hex(data[4:]),)
         return ContractRevertError(name, arguments, context)
     if isinstance(exc, ContractCustomError | ContractLogicError) or "revert" in str(exc):
         return ContractRevertError("unknown", (str(exc),), context)
