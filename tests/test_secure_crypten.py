@@ -43,8 +43,6 @@ from fedlearn.privacy.secure.crypten_mode import (
     CryptenClient,
     CryptenServer,
     PartyPool,
-    _Channel,
-    _PartyError,
 )
 from fedlearn.privacy.secure.crypten_party import (
     MIN_SCORE_BITS,
@@ -57,6 +55,7 @@ from fedlearn.privacy.secure.crypten_party import (
     share_label,
     write_frame,
 )
+from fedlearn.privacy.secure.crypten_pool import PartyError, _Channel
 from fedlearn.privacy.secure.envelope import generate_keypair, open_envelope
 from fedlearn.wire import EXAMPLES_KEY, SECURE_BLOBS, CryptenStage
 from tests.flower_messages import instruction, serverapp_identity
@@ -328,7 +327,7 @@ def test_parties_refuse_a_sum_of_one_client(parties: dict[str, Any]) -> None:
         expect=["opened"],
         deadline=deadline,
     )
-    with pytest.raises(_PartyError, match="reveals sums of at least 2"):
+    with pytest.raises(PartyError, match="reveals sums of at least 2"):
         pool.exchange(
             [({"type": "reveal", **base, "nodes": [1]}, [])] * 2,
             expect=["sum", "revealed"],
@@ -516,29 +515,29 @@ def test_parties_score_only_the_sum_just_revealed(parties: dict[str, Any]) -> No
 
     # a score request with no reveal before it, or after a reveal without scoring
     exchange("open", ["opened"], 12)
-    with pytest.raises(_PartyError, match="just revealed with scoring"):
+    with pytest.raises(PartyError, match="just revealed with scoring"):
         exchange("score", ["scores", "scored"], 12)
     exchange("open", ["opened"], 12)
     exchange("reveal", ["sum", "revealed"], 12, score=False)
-    with pytest.raises(_PartyError, match="just revealed with scoring"):
+    with pytest.raises(PartyError, match="just revealed with scoring"):
         exchange("score", ["scores", "scored"], 12)
     # one sum per round: the round just revealed cannot be opened again
-    with pytest.raises(_PartyError, match="reveals one sum per round"):
+    with pytest.raises(PartyError, match="reveals one sum per round"):
         exchange("open", ["opened"], 12)
     # the server asks for the scores of a subset (or a superset) of the contributors
     for server_round, nodes in ((13, [1, 2]), (14, [1, 2, 3, 4])):
         exchange("open", ["opened"], server_round)
         exchange("reveal", ["sum", "revealed"], server_round, score=True)
-        with pytest.raises(_PartyError, match="just revealed with scoring"):
+        with pytest.raises(PartyError, match="just revealed with scoring"):
             exchange("score", ["scores", "scored"], server_round, nodes=nodes)
         # that attempt dropped the shares: no second chance
-        with pytest.raises(_PartyError, match="just revealed with scoring"):
+        with pytest.raises(PartyError, match="just revealed with scoring"):
             exchange("score", ["scores", "scored"], server_round)
     # another request in between drops them too
     exchange("open", ["opened"], 15)
     exchange("reveal", ["sum", "revealed"], 15, score=True)
     exchange("open", ["opened"], 16)
-    with pytest.raises(_PartyError, match="just revealed with scoring"):
+    with pytest.raises(PartyError, match="just revealed with scoring"):
         exchange("score", ["scores", "scored"], 15)
     # once and in order, it works
     exchange("reveal", ["sum", "revealed"], 16, score=True)
@@ -547,7 +546,7 @@ def test_parties_score_only_the_sum_just_revealed(parties: dict[str, Any]) -> No
         {"type": "scored", "round": 16, "seq": answers[1][0]["seq"]},
         [],
     )
-    with pytest.raises(_PartyError, match="just revealed with scoring"):
+    with pytest.raises(PartyError, match="just revealed with scoring"):
         exchange("score", ["scores", "scored"], 16)
     assert pool.healthy()  # refusals keep the parties in step
 

@@ -53,7 +53,8 @@ _MODULES = {
     ),
     "ckks": ("CkksClient", "CkksParameters", "CkksServer"),
     "client_mod": ("handle_secure_query", "secure_aggregation_mod"),
-    "crypten_mode": ("CryptenClient", "CryptenServer", "PartyPool"),
+    "crypten_mode": ("CryptenClient", "CryptenServer"),
+    "crypten_pool": ("PartyPool",),
     "secaggplus": ("SecAggPlusClient", "SecAggPlusServer"),
 }
 _EXPORTS = {name: module for module, names in _MODULES.items() for name in names}

@@ -19,7 +19,10 @@ from numpy.typing import NDArray
 
 from fedlearn.config import SecureMode
 from fedlearn.privacy.secure.base import ClientProtocol, blob, request, stage_of
-from fedlearn.privacy.secure.ckks.parameters import CkksParameters
+from fedlearn.privacy.secure.ckks.parameters import (
+    CkksParameters,
+    parameters_and_min_contributors,
+)
 from fedlearn.privacy.secure.ckks.primitives import (
     CkksRing,
     key_fingerprint,
@@ -67,14 +70,9 @@ class CkksClient(ClientProtocol):
     def __init__(
         self, *, parameters: CkksParameters | None = None, min_contributors: int = 2
     ) -> None:
-        if parameters is not None and not isinstance(parameters, CkksParameters):
-            raise TypeError(f"parameters must be CkksParameters, got {type(parameters).__name__}")
-        if isinstance(min_contributors, bool) or not isinstance(min_contributors, int):
-            raise ValueError(f"min_contributors must be an int, got {min_contributors!r}")
-        if min_contributors < 1:
-            raise ValueError(f"min_contributors must be >= 1, got {min_contributors}")
-        self._params = parameters if parameters is not None else CkksParameters()
-        self._min_contributors = min_contributors
+        self._params, self._min_contributors = parameters_and_min_contributors(
+            parameters, min_contributors
+        )
 
     def handle_query(self, msg: Message, context: Context) -> Message:
         """Answer a CKKS stage request; refusals are error replies naming the reason."""

@@ -16,7 +16,11 @@ from typing import Any
 
 import tenseal.sealapi as sealapi
 
-__all__ = ["HE_STANDARD_MAX_MODULUS_BITS", "CkksParameters"]
+__all__ = [
+    "HE_STANDARD_MAX_MODULUS_BITS",
+    "CkksParameters",
+    "parameters_and_min_contributors",
+]
 
 #: Largest total coefficient-modulus bit count per ring degree for 128-bit
 #: classical security (HomomorphicEncryption.org standard, ternary secret;
@@ -240,3 +244,24 @@ class CkksParameters:
             sealapi.CoeffModulus.Create(self.poly_modulus_degree, list(self.coeff_mod_bit_sizes))
         )
         return parms
+
+
+def parameters_and_min_contributors(
+    parameters: CkksParameters | None, min_contributors: int
+) -> tuple[CkksParameters, int]:
+    """A side's constructor arguments, checked: parameters (default ``CkksParameters()``), floor.
+
+    Raises
+    ------
+    TypeError
+        ``parameters`` is not :class:`CkksParameters`.
+    ValueError
+        ``min_contributors`` is not an int >= 1.
+    """
+    if parameters is not None and not isinstance(parameters, CkksParameters):
+        raise TypeError(f"parameters must be CkksParameters, got {type(parameters).__name__}")
+    if isinstance(min_contributors, bool) or not isinstance(min_contributors, int):
+        raise ValueError(f"min_contributors must be an int, got {min_contributors!r}")
+    if min_contributors < 1:
+        raise ValueError(f"min_contributors must be >= 1, got {min_contributors}")
+    return (parameters if parameters is not None else CkksParameters()), min_contributors

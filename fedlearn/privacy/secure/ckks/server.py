@@ -28,7 +28,10 @@ from fedlearn.privacy.secure.base import (
     ServerProtocol,
     request,
 )
-from fedlearn.privacy.secure.ckks.parameters import CkksParameters
+from fedlearn.privacy.secure.ckks.parameters import (
+    CkksParameters,
+    parameters_and_min_contributors,
+)
 from fedlearn.privacy.secure.ckks.primitives import CkksRing, load_public_context
 from fedlearn.privacy.secure.envelope import PUBLIC_KEY_BYTES
 from fedlearn.privacy.secure.stages import (
@@ -79,14 +82,9 @@ class CkksServer(ServerProtocol):
     def __init__(
         self, *, parameters: CkksParameters | None = None, min_contributors: int = 2
     ) -> None:
-        if parameters is not None and not isinstance(parameters, CkksParameters):
-            raise TypeError(f"parameters must be CkksParameters, got {type(parameters).__name__}")
-        if isinstance(min_contributors, bool) or not isinstance(min_contributors, int):
-            raise ValueError(f"min_contributors must be an int, got {min_contributors!r}")
-        if min_contributors < 1:
-            raise ValueError(f"min_contributors must be >= 1, got {min_contributors}")
-        self._params = parameters if parameters is not None else CkksParameters()
-        self._min_contributors = min_contributors
+        self._params, self._min_contributors = parameters_and_min_contributors(
+            parameters, min_contributors
+        )
         self._ring = CkksRing(self._params)
         self._key: _KeyState | None = None
         self._loaded: dict[int, tuple[Message, list[Any]]] = {}
