@@ -7,9 +7,18 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TOOLS  := $(VENV)/tools
 
-.PHONY: install demo test lint bench clean
+.PHONY: install browser demo test lint bench clean
 
-install: $(STAMP)
+install: $(STAMP) browser
+
+# Debian's Chromium for the run report's real-browser test (tests/test_run_report.py
+# drives it with Playwright's Python package; `playwright install` would download a
+# browser and fails offline). Checked on every install, installed only when missing.
+browser:
+	command -v chromium >/dev/null || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update && \
+	  $$SUDO apt-get install -y --no-install-recommends chromium chromium-driver; }
 
 $(STAMP): pyproject.toml package-lock.json
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

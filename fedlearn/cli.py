@@ -578,6 +578,28 @@ def attest(
         raise _fail(f"still pending: {result.error}", "try again when the chain is reachable")
 
 
+@app.command()
+def report(
+    run: Annotated[Path, typer.Option(help="The run directory (finished, running or failed).")],
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="Where to write (default RUN_DIR/report.html).")
+    ] = None,
+    open_page: Annotated[bool, typer.Option("--open", help="Open it in a browser.")] = False,
+    client: Annotated[str | None, typer.Option(help="A holder's address to highlight.")] = None,
+) -> None:
+    """Write the run's report: one static HTML page (no server, no network)."""
+    from fedlearn.report import write_report
+
+    if not run.is_dir():
+        raise _fail(f"no run directory at {run}")
+    path = write_report(run, out=out_file, client=client)
+    if not path.exists():
+        raise _fail(f"could not write {path}")
+    typer.echo(str(path))
+    if open_page:
+        typer.launch(path.resolve().as_uri())
+
+
 def main() -> None:
     """Console entry point."""
     try:
