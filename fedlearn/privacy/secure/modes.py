@@ -59,8 +59,7 @@ def value_scale(cfg: RunConfig) -> float:
         bound += 6 * distributed_noise_std(
             noise_multiplier=privacy.central_noise_multiplier,
             clipping_norm=privacy.central_clipping_norm,
-            num_clients=cfg.federation.min_train_clients
-            - privacy.distributed_dishonest_clients,
+            num_clients=cfg.federation.min_train_clients - privacy.distributed_dishonest_clients,
         )
     limit = {
         "ckks": _CKKS_LIMIT,
