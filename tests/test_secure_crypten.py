@@ -30,6 +30,7 @@ import psutil
 import pytest
 from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
 
+from fedlearn.loopback import LoopbackGrid, node_context
 from fedlearn.privacy.secure.base import (
     AggregationAbortedError,
     SecureSum,
@@ -59,7 +60,6 @@ from fedlearn.privacy.secure.crypten_pool import PartyError, _Channel
 from fedlearn.privacy.secure.envelope import generate_keypair, open_envelope
 from fedlearn.wire import EXAMPLES_KEY, SECURE_BLOBS, CryptenStage
 from tests.flower_messages import instruction, serverapp_identity
-from tests.loopback_grid import LoopbackGrid, node_context
 
 SCALE = float(1 << PRECISION_BITS)
 LENGTH = 2_000

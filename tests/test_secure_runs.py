@@ -3,7 +3,7 @@
 The server runs fedlearn's real round loop (``run_federation``: Flower's
 ``Strategy.start`` under our wrappers) and every node is fedlearn's real
 ClientApp (training, DP mods, the secure mod); only the transport is the
-in-process :class:`~tests.loopback_grid.LoopbackGrid`. Training is
+in-process :class:`~fedlearn.loopback.LoopbackGrid`. Training is
 deterministic, so a secure run must end at the plaintext run's model within
 the mode's stated error: the test of "the aggregate equals the plaintext
 aggregate" through every layer. The engines are covered by the e2e tests.
@@ -21,11 +21,11 @@ from fedlearn.checkpoint import load_latest
 from fedlearn.client_app import make_client_app
 from fedlearn.config import ConfigError, RunConfig
 from fedlearn.history import History
+from fedlearn.loopback import DropRule, LoopbackGrid
 from fedlearn.privacy.secure.aggregation import SecureAggregation
 from fedlearn.server_app import run_federation, server_test_set
 from fedlearn.wire import SECURE_BLOBS, SECURE_QUERY_TYPE
 from tests.flower_messages import serverapp_identity
-from tests.loopback_grid import DropRule, LoopbackGrid
 
 CLIENTS = 5
 BASE = {

@@ -30,6 +30,7 @@ from flwr.app import (
     RecordDict,
 )
 
+from fedlearn.loopback import DropRule, LoopbackGrid
 from fedlearn.privacy.secure.base import (
     AggregationAbortedError,
     SecureSum,
@@ -39,8 +40,7 @@ from fedlearn.privacy.secure.base import (
 from fedlearn.privacy.secure.secaggplus import SecAggPlusClient, SecAggPlusServer
 from fedlearn.privacy.secure.secaggplus.primitives import neighbours
 from fedlearn.wire import EXAMPLES_KEY, SECURE_BLOBS, SECURE_QUERY_TYPE, SecAggStage
-from tests.flower_messages import instruction, serverapp_identity
-from tests.loopback_grid import DropRule, LoopbackGrid
+from tests.flower_messages import instruction, reachable, serverapp_identity
 
 ROUND = 3
 TIMEOUT = 30.0
@@ -516,24 +516,6 @@ def test_check_reply_values_beyond_modulus() -> None:
 # --------------------------------------------------------------------------- privacy
 
 
-def _walk(obj: Any, seen: set[int] | None = None) -> Iterable[Any]:
-    """Every object reachable from ``obj`` through attributes and containers."""
-    seen = set() if seen is None else seen
-    if id(obj) in seen:
-        return
-    seen.add(id(obj))
-    yield obj
-    children: Iterable[Any] = ()
-    if isinstance(obj, dict):
-        children = [*obj.keys(), *obj.values()]
-    elif isinstance(obj, list | tuple | set | frozenset):
-        children = obj
-    elif hasattr(obj, "__dict__"):
-        children = vars(obj).values()
-    for child in children:
-        yield from _walk(child, seen)
-
-
 def test_masked_vector_unrelated_to_plaintext_and_server_holds_no_private_key() -> None:
     length = 20_000
     nodes = NODE_IDS[:6]
@@ -586,11 +568,11 @@ def test_masked_vector_unrelated_to_plaintext_and_server_holds_no_private_key() 
 
 def assert_holds_no_secret(server: SecAggPlusServer, secrets: dict[int, list[bytes]]) -> None:
     """No private key object, PEM private key, key scalar, seed or own share in the server."""
-    reachable = list(_walk(server))
-    assert any(isinstance(obj, bytes) and b"PUBLIC KEY" in obj for obj in reachable) or not (
+    held = list(reachable(server))
+    assert any(isinstance(obj, bytes) and b"PUBLIC KEY" in obj for obj in held) or not (
         server._rounds
     )
-    for obj in reachable:
+    for obj in held:
         assert not isinstance(obj, ec.EllipticCurvePrivateKey)
         if isinstance(obj, bytes | str):
             text = obj.encode() if isinstance(obj, str) else obj
