@@ -221,16 +221,14 @@ def _private_train(
             steps=plan.steps,
             sample_rate=plan.sample_rate,
         )
+    # Only ε and δ leave the holder: the sampling rate (batch / n), the step count
+    # and the calibrated σ are functions of the record count n, which is private.
     report = ConfigRecord(
         {
             "client": str(client),
             "epsilon": entry.cumulative_epsilon,
             "round-epsilon": entry.epsilon,
             "delta": entry.delta,
-            "noise-multiplier": entry.noise_multiplier,
-            "clipping-norm": entry.clipping_norm,
-            "sample-rate": entry.sample_rate,
-            "steps": entry.steps,
         }
     )
     metrics = MetricRecord({EXAMPLES_KEY: 1})
@@ -312,7 +310,11 @@ def make_client_app(
         except (DataError, OSError) as exc:
             return _error(msg, ErrorCode.DATA, str(exc))
         client = _client_index(context)
-        holdout = cfg.data.validation_fraction if cfg.federation.fraction_evaluate > 0 else 0.0
+        # Under local DP evaluation is refused (it would release un-noised statistics),
+        # so nothing is held out: a hold-out drawn as a permutation of range(n) would
+        # move ~0.1·n records between training and hold-out when one record is added.
+        evaluates = cfg.federation.fraction_evaluate > 0 and not cfg.privacy.local_dp
+        holdout = cfg.data.validation_fraction if evaluates else 0.0
         train_set, val_set = split_validation(local, fraction=holdout, seed=cfg.federation.seed)
         model = model_fn(cfg)
         arrays = msg.content.array_records.get("arrays")
