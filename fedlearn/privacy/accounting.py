@@ -4,7 +4,8 @@ Every privacy-relevant release is described as a Google ``dp_accounting``
 :class:`~dp_accounting.DpEvent` and its ε is computed by one of that library's
 accountants (Rényi DP or privacy-loss distributions). This module does no ε
 arithmetic of its own: it builds events, picks the accountant and neighbouring
-relation that match how the data were sampled, and searches for noise.
+relation that match how the data were sampled, and calibrates noise with the
+library's ``mechanism_calibration.calibrate_dp_mechanism``.
 
 Conventions
 -----------
@@ -28,8 +29,8 @@ with noise ``N(0, σ²C²)`` per coordinate.
 Examples
 --------
 >>> event = dpsgd_event(noise_multiplier=1.5, sample_rate=0.04, steps=2250)
->>> round(epsilon(event, delta=1e-5), 3)
-7.329
+>>> round(epsilon(event, delta=1e-5), 2)
+7.33
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from numbers import Integral, Real
 from typing import Literal
 
 import dp_accounting
+from dp_accounting import mechanism_calibration
 from dp_accounting.pld import PLDAccountant
 from dp_accounting.rdp import RdpAccountant
 
@@ -379,6 +381,42 @@ def epsilon(
 # --------------------------------------------------------------------------- calibration
 
 
+class _CalibrationAccountant(dp_accounting.PrivacyAccountant):  # type: ignore[misc]
+    """What ``calibrate_dp_mechanism`` composes into: ε from :func:`epsilon`, memoized.
+
+    ``calibrate_dp_mechanism`` asks a fresh accountant for the ε of one event per
+    candidate σ. This one answers from ``epsilon_of`` (one of our ``make_accountant``
+    accountants, with a nan read as ``inf``): the library's search then sees the very
+    values the bracket was built from (no ε is computed twice), and a nan counts as
+    too little noise instead of passing its ``ε - target <= 0`` test (nan compares
+    false), so the search fails closed.
+    """
+
+    def __init__(
+        self,
+        *,
+        relation: dp_accounting.NeighboringRelation,
+        accountant: AccountantName,
+        epsilon_of: Callable[[dp_accounting.DpEvent, float], float],
+    ) -> None:
+        super().__init__(relation)
+        self._accountant = accountant
+        self._epsilon_of = epsilon_of
+
+    def _maybe_compose(
+        self, event: dp_accounting.DpEvent, count: int, do_compose: bool
+    ) -> dp_accounting.PrivacyAccountant.CompositionErrorDetails | None:
+        if not do_compose:  # the support check; composing is the base class's ledger
+            try:
+                make_accountant(event, accountant=self._accountant)
+            except ValueError as exc:
+                return self.CompositionErrorDetails(invalid_event=event, error_message=str(exc))
+        return None
+
+    def get_epsilon(self, target_delta: float) -> float:
+        return self._epsilon_of(self.ledger, target_delta)
+
+
 def calibrate_noise(
     make_event: Callable[[float], dp_accounting.DpEvent],
     *,
@@ -390,12 +428,14 @@ def calibrate_noise(
 ) -> float:
     """Noise multiplier whose event just meets ``target_epsilon``, never exceeding it.
 
-    A bracketing search on ``σ``: the invariant is ``ε(lo) > target >= ε(hi)``
-    and only an ``hi`` (a σ whose ε was computed and found ``<= target``) is
-    ever returned, so the result never overshoots the target, even where the
-    accountant's ε is not perfectly monotone in σ. Steps interpolate
-    ``log ε`` against ``log σ`` (a secant, safeguarded by bisection) to need
-    few accountant calls.
+    Two steps. First a bracket ``lo < hi`` with ``ε(lo) > target >= ε(hi)`` is
+    found by geometric steps on ``σ`` within ``[1e-3, max_noise_multiplier]``.
+    Then ``dp_accounting``'s
+    :func:`~dp_accounting.mechanism_calibration.calibrate_dp_mechanism` (Brent's
+    method, then its own check that the returned σ's ε is ``<= target``, with a
+    bisection fallback) finds σ in that bracket. Only a σ whose ε was computed
+    and found ``<= target`` is ever returned, so the result never overshoots
+    the target, even where the accountant's ε is not perfectly monotone in σ.
 
     Parameters
     ----------
@@ -409,7 +449,7 @@ def calibrate_noise(
     accountant : {"rdp", "pld"}, default "rdp"
         Accountant used for every evaluation.
     tolerance : float, default 1e-3
-        Relative: the search stops once ``target·(1 − tolerance) <= ε <= target``.
+        Relative: the search aims at ``target·(1 − tolerance) <= ε <= target``.
     max_noise_multiplier : float, default 1e4
         Give up (``ValueError``) if even this much noise overspends the target.
 
@@ -419,6 +459,19 @@ def calibrate_noise(
         ``σ`` with ``ε(σ) <= target_epsilon`` (always) and, unless the
         accountant's ε jumps by more than the tolerance (PLD discretisation) or
         the target is reached already at ``σ = 1e-3``, ``ε(σ) >= target·(1 − tolerance)``.
+
+    Raises
+    ------
+    ValueError
+        If the target is unreachable with ``σ <= max_noise_multiplier``, or a
+        parameter is out of range.
+
+    Examples
+    --------
+    >>> make = lambda s: gaussian_event(noise_multiplier=s, steps=10)
+    >>> sigma = calibrate_noise(make, target_epsilon=2.0, delta=1e-5)
+    >>> 0.999 * 2.0 <= epsilon(make(sigma), delta=1e-5) <= 2.0
+    True
     """
     target = _check_positive("target_epsilon", target_epsilon)
     d = _check_delta(delta)
@@ -428,12 +481,22 @@ def calibrate_noise(
         raise ValueError(f"tolerance must be in (0, 1), got {tolerance!r}")
     sigma_max = _check_positive("max_noise_multiplier", max_noise_multiplier)
     floor = target * (1.0 - tol)
+    seen: dict[tuple[dp_accounting.DpEvent, float], float] = {}
+
+    def epsilon_of(event: dp_accounting.DpEvent, at_delta: float) -> float:
+        if (event, at_delta) not in seen:
+            value = epsilon(event, delta=at_delta, accountant=name)
+            seen[event, at_delta] = math.inf if math.isnan(value) else value  # fail closed
+        return seen[event, at_delta]
 
     def eps(sigma: float) -> float:
-        value = epsilon(make_event(sigma), delta=d, accountant=name)
-        return math.inf if math.isnan(value) else value  # fail closed on a nan
+        return epsilon_of(make_event(sigma), d)
 
-    # 1. Bracket: lo (too little noise) < hi (enough noise).
+    # 1. Bracket: lo (too little noise) < hi (enough noise). Ours, not the library's
+    # LowerEndpointAndGuess search: that one starts at σ = 0 (infinite ε) and doubles
+    # its step up to 2**30 times, so it can neither stop at max_noise_multiplier with
+    # this error nor keep σ >= 1e-3; steps scaled by ε(σ)/target land near the
+    # target in few accountant calls.
     hi = min(1.0, sigma_max)
     e_hi = eps(hi)
     lo, e_lo = 0.0, math.inf
@@ -464,32 +527,25 @@ def calibrate_noise(
     if e_hi >= floor:
         return hi
 
-    # 2. Shrink the bracket until ε(hi) is within the tolerance below the target.
-    aim = math.log(target * (1.0 - tol / 2.0))
-    interpolate = True
-    for _ in range(200):
-        width = math.log(hi) - math.log(lo)
-        if width <= 1e-12:
-            break
-        if interpolate and math.isfinite(e_lo) and e_hi > 0.0:
-            x_lo, x_hi = math.log(lo), math.log(hi)
-            y_lo, y_hi = math.log(e_lo), math.log(e_hi)
-            x = x_lo + (aim - y_lo) * (x_hi - x_lo) / (y_hi - y_lo)
-            x = min(max(x, x_lo + 0.01 * width), x_hi - 0.01 * width)
-        else:
-            x = 0.5 * (math.log(lo) + math.log(hi))
-        mid = math.exp(x)
-        e_mid = eps(mid)
-        if e_mid > target:
-            lo, e_lo = mid, e_mid
-        else:
-            hi, e_hi = mid, e_mid
-            if e_hi >= floor:
-                return hi
-        # Alternate: a secant step that did not shrink the bracket enough is followed
-        # by a bisection step, so the search is never slower than bisection.
-        interpolate = not interpolate or (math.log(hi) - math.log(lo)) < 0.5 * width
-    return hi
+    # 2. Root in the bracket: dp_accounting's calibration. Its tolerance is absolute
+    # in σ, ours relative in ε: with ε locally like σ**-k (k estimated from the
+    # bracket), a σ within tol of the root (the library may step one tol further to
+    # land on the safe side) is within tolerance / 2 of the target's ε.
+    steep = math.isfinite(e_lo) and e_hi > 0.0
+    k = math.log(e_lo / e_hi) / math.log(hi / lo) if steep else 2.0
+    relation = make_accountant(make_event(hi), accountant=name).neighboring_relation
+    found = mechanism_calibration.calibrate_dp_mechanism(
+        lambda: _CalibrationAccountant(relation=relation, accountant=name, epsilon_of=epsilon_of),
+        make_event,
+        target,
+        d,
+        bracket_interval=mechanism_calibration.ExplicitBracketInterval(lo, hi),
+        tol=tol * lo / (4.0 * max(k, 1.0)),
+    )
+    sigma = float(found)
+    # Defence in depth: the library returns only a σ it found within the target;
+    # should a future version not, the bracket's safe end is still an answer.
+    return sigma if eps(sigma) <= target else hi
 
 
 def calibrate_noise_multiplier(
