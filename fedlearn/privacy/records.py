@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,6 +37,7 @@ import numpy as np
 
 from fedlearn.config import AccountantName
 from fedlearn.data import Dataset
+from fedlearn.files import write_atomically
 from fedlearn.privacy.accounting import epsilon
 from fedlearn.privacy.ledger import LedgerError, release_event
 
@@ -280,29 +279,3 @@ class RecordLedger:
         if not isinstance(raw, dict):
             raise LedgerError(f"{path} is not a record ledger")
         return cls.from_dict(raw)
-
-
-def write_atomically(path: Path, data: bytes, *, mode: int = 0o600) -> None:
-    """Replace ``path`` with ``data`` so a crash leaves the old or the new file, never half.
-
-    The file is created with ``mode`` from the start (no window in which a
-    secret is readable by others), fsynced, renamed over ``path``, and the
-    directory is fsynced so the rename itself survives a power loss.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
