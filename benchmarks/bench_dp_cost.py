@@ -18,14 +18,15 @@ Sides:
   :func:`~fedlearn.privacy.local_dp.plan_dp_sgd` (Poisson batches of expected
   size ``batch_size``, ``local_epochs * ceil(n / batch_size)`` steps): what
   fedlearn's clients run;
-* alternatives: the same loop (same Poisson sampling from the same generator,
-  same steps, same clipping norm, noise and optimizer) with another way of
+* alternatives: the same loop (the same Poisson batches from Opacus'
+  ``UniformWithReplacementSampler`` and the same noise from fedlearn's
+  ``GaussianSampler``, both derived from the same generator as in
+  ``train_dp_sgd``; same steps, clipping norm and optimizer) with another way of
   computing per-example gradients: Opacus' ``hooks`` (fedlearn's mode, as a
   check of the reproduction), ``functorch`` (``force_functorch``), ``ew``
   (PyTorch ExpandedWeights), ``ghost`` (Opacus' ghost clipping: per-example
   norms only, then a second, reweighted backward pass) and ``vmap``
-  (``torch.func.vmap(grad(...))`` with clipping and Gaussian noise written out,
-  no Opacus).
+  (``torch.func.vmap(grad(...))`` with clipping written out, no Opacus).
 
 Every variant's correctness is checked before timing, one step from the same
 model on the same Poisson batch: with σ = 0 the update must equal a
@@ -58,8 +59,9 @@ from opacus.grad_sample import (
     GradSampleModuleExpandedWeights,
     GradSampleModuleFastGradientClipping,
 )
-from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+from opacus.optimizers import DPOptimizerFastGradientClipping
 from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
+from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
@@ -67,7 +69,19 @@ from benchmarks.core import BenchContext, Outcome, Target, median, register
 from fedlearn.client_app import default_model
 from fedlearn.config import RunConfig, TrainConfig
 from fedlearn.data import Dataset, partition_bundled
-from fedlearn.privacy.local_dp import DPSGDPlan, plan_dp_sgd, train_dp_sgd
+
+# train_dp_sgd's own pieces (its noise draw and random sources), so that every
+# alternative below consumes exactly the randomness fedlearn's loop does.
+from fedlearn.privacy.local_dp import (
+    DPSGDPlan,
+    _draw_noise,
+    _random_sources,
+    _SamplerNoise,
+    _SamplerNoiseDPOptimizer,
+    plan_dp_sgd,
+    train_dp_sgd,
+)
+from fedlearn.privacy.noise import GaussianSampler
 from fedlearn.training import train
 
 __all__ = ["dp_cost"]
@@ -106,6 +120,10 @@ CLOCKS = ("cpu", "wall")
 # --------------------------------------------------------------------------- the DP-SGD loop
 
 
+class _SamplerNoiseGhostOptimizer(_SamplerNoise, DPOptimizerFastGradientClipping):  # type: ignore[misc]
+    """Opacus' ghost-clipping optimizer with train_dp_sgd's noise draw."""
+
+
 class _Stepper:
     """One way of turning a Poisson batch into a DP-SGD step (per-example grads, clip, noise)."""
 
@@ -116,13 +134,13 @@ class _Stepper:
         train_cfg: TrainConfig,
         plan: DPSGDPlan,
         expected_batch: int,
-        generator: torch.Generator,
+        sampler: GaussianSampler,
     ) -> None:
         self.mode = mode
         self.model = model
         self.plan = plan
         self.expected = expected_batch
-        self.generator = generator
+        self.sampler = sampler
         self.loss_fn = nn.CrossEntropyLoss()
         sgd = torch.optim.SGD(
             model.parameters(), lr=train_cfg.learning_rate, momentum=train_cfg.momentum
@@ -132,23 +150,23 @@ class _Stepper:
             "max_grad_norm": plan.max_grad_norm,
             "expected_batch_size": expected_batch,
             "loss_reduction": "mean",
-            "generator": generator,
+            "sampler": sampler,
         }
         self.module: nn.Module = model
         self.optimizer: torch.optim.Optimizer = sgd
         if mode == "hooks":
             self.module = GradSampleModule(model, batch_first=True, loss_reduction="mean")
-            self.optimizer = DPOptimizer(sgd, **common)
+            self.optimizer = _SamplerNoiseDPOptimizer(sgd, **common)
         elif mode == "functorch":
             self.module = GradSampleModule(
                 model, batch_first=True, loss_reduction="mean", force_functorch=True
             )
-            self.optimizer = DPOptimizer(sgd, **common)
+            self.optimizer = _SamplerNoiseDPOptimizer(sgd, **common)
         elif mode == "ew":
             self.module = GradSampleModuleExpandedWeights(
                 model, batch_first=True, loss_reduction="mean"
             )
-            self.optimizer = DPOptimizer(sgd, **common)
+            self.optimizer = _SamplerNoiseDPOptimizer(sgd, **common)
         elif mode == "ghost":
             self.module = GradSampleModuleFastGradientClipping(
                 model,
@@ -157,7 +175,7 @@ class _Stepper:
                 max_grad_norm=plan.max_grad_norm,
                 use_ghost_clipping=True,
             )
-            self.optimizer = DPOptimizerFastGradientClipping(sgd, **common)
+            self.optimizer = _SamplerNoiseGhostOptimizer(sgd, **common)
             self.criterion = DPLossFastGradientClipping(
                 self.module,
                 self.optimizer,  # type: ignore[arg-type]
@@ -199,25 +217,33 @@ class _Stepper:
             return self._linear_step(xb, yb)
         self.optimizer.zero_grad()
         loss_value = None
-        if len(xb):
+        if len(xb) or self.mode in ("hooks", "functorch"):
+            # As train_dp_sgd: an empty Poisson batch goes through the model as an
+            # empty tensor and the step adds the noise alone.
             if self.mode == "ghost":
                 loss = self.criterion(self.module(xb), yb)
             else:
                 loss = self.loss_fn(self.module(xb), yb)
             loss.backward()
-            loss_value = float(loss.detach())
+            loss_value = float(loss.detach()) if len(xb) else None
         elif self.mode == "ghost":
             for p in self.model.parameters():
                 p.grad = torch.zeros_like(p)
-        else:  # as train_dp_sgd: an empty Poisson batch still takes a step (the noise alone)
+        else:  # ExpandedWeights refuses a batch of 0: empty per-example gradients by hand
             for p in self.model.parameters():
                 p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
         self.optimizer.step()
         return loss_value
 
+    def _noise(self, params: list[torch.Tensor]) -> list[torch.Tensor | None]:
+        """train_dp_sgd's draw: one per step over all parameters (none at σ = 0)."""
+        std = self.plan.noise_multiplier * self.plan.max_grad_norm
+        if std <= 0:
+            return [None] * len(params)
+        return list(_draw_noise(self.sampler, params, std))
+
     def _vmap_step(self, xb: torch.Tensor, yb: torch.Tensor) -> float | None:
         plan, names = self.plan, list(self.params)
-        std = plan.noise_multiplier * plan.max_grad_norm
         loss_value = None
         if len(xb):
             grads, losses = self.per_example(self.params, xb, yb)
@@ -227,12 +253,9 @@ class _Stepper:
             loss_value = float(losses.mean())
         else:
             summed = {k: torch.zeros_like(p) for k, p in self.params.items()}
-        for name, p in self.model.named_parameters():
-            noisy = summed[name]
-            if std > 0:
-                noisy = noisy + torch.normal(
-                    0.0, std, size=p.shape, generator=self.generator, dtype=p.dtype
-                )
+        named = list(self.model.named_parameters())
+        for (name, p), noise in zip(named, self._noise([p for _, p in named]), strict=True):
+            noisy = summed[name] if noise is None else summed[name] + noise
             p.grad = noisy / self.expected
         self.optimizer.step()
         return loss_value
@@ -246,7 +269,6 @@ class _Stepper:
         ``|dz_i|^2 |a_i|^2 (+ |dz_i|^2)``. The clipped sum is then ``(c * dz)^T a``.
         """
         plan = self.plan
-        std = plan.noise_multiplier * plan.max_grad_norm
         loss_value = None
         grads: list[tuple[torch.Tensor, torch.Tensor | None]] = []
         if len(xb):
@@ -269,21 +291,24 @@ class _Stepper:
             for layer in self.linears:
                 bias = torch.zeros_like(layer.bias) if layer.bias is not None else None
                 grads.append((torch.zeros_like(layer.weight), bias))
-        for layer, (g_weight, g_bias) in zip(self.linears, grads, strict=True):
-            for p, g in ((layer.weight, g_weight), (layer.bias, g_bias)):
-                if p is None or g is None:
-                    continue
-                if std > 0:
-                    g = g + torch.normal(
-                        0.0, std, size=p.shape, generator=self.generator, dtype=p.dtype
-                    )
-                p.grad = g / self.expected
+        pairs = [
+            (p, g)
+            for layer, (g_weight, g_bias) in zip(self.linears, grads, strict=True)
+            for p, g in ((layer.weight, g_weight), (layer.bias, g_bias))
+            if p is not None and g is not None
+        ]
+        # The model's parameter order, as train_dp_sgd's one draw covers them.
+        order = {id(p): i for i, p in enumerate(self.model.parameters())}
+        pairs.sort(key=lambda pair: order[id(pair[0])])
+        noises = self._noise([p for p, _ in pairs])
+        for (p, g), noise in zip(pairs, noises, strict=True):
+            p.grad = (g if noise is None else g + noise) / self.expected
         self.optimizer.step()
         return loss_value
 
     def close(self) -> None:
         if self.mode in ("hooks", "functorch", "ghost"):
-            self.module._close()  # type: ignore[operator]
+            self.module.to_standard_module()  # type: ignore[operator]
         if self.mode == "linear":
             for handle in self.handles:
                 handle.remove()
@@ -304,15 +329,17 @@ def train_dp_mode(
     n = len(data)
     x, y = torch.from_numpy(data.x), torch.from_numpy(data.y)
     model.train()
-    stepper = _Stepper(mode, model, train_cfg, plan, max(1, round(plan.sample_rate * n)), generator)
+    batches, sampler = _random_sources(generator)
+    stepper = _Stepper(mode, model, train_cfg, plan, max(1, round(plan.sample_rate * n)), sampler)
+    poisson = UniformWithReplacementSampler(
+        num_samples=n, sample_rate=plan.sample_rate, generator=batches, steps=plan.steps
+    )
     total, count = 0.0, 0
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "Full backward hook", UserWarning)
             warnings.filterwarnings("ignore", ".*ExpandedWeights.*", UserWarning)
-            for _ in range(plan.steps):
-                batch = (torch.rand(n, generator=generator) < plan.sample_rate).nonzero()
-                batch = batch.squeeze(1)
+            for batch in poisson:
                 loss = stepper.step(x[batch], y[batch])
                 if loss is not None:
                     total += loss * len(batch)

@@ -13,9 +13,9 @@ from hypothesis.extra import numpy as hnp
 from numpy.typing import NDArray
 from scipy import stats
 
-from fedlearn.privacy import noise
 from fedlearn.privacy.clipping import clip_by_global_norm, global_norm
 from fedlearn.privacy.noise import (
+    GaussianSampler,
     add_gaussian_noise,
     central_noise_std,
     distributed_noise_std,
@@ -186,11 +186,45 @@ def test_explicit_rng_is_reproducible_and_default_is_not() -> None:
 
 
 def test_secure_uniforms_are_53_bit_grid_points() -> None:
-    u = noise._secure_uniform_53(10_000)
+    u = GaussianSampler().uniform(10_000)
     k = u * 2.0**53
     assert np.all(k == np.floor(k)) and np.all((u >= 0.0) & (u < 1.0))
     # The top bits are used: values spread over the whole unit interval.
     assert u.min() < 0.01 and u.max() > 0.99
+
+
+def test_a_key_fixes_the_stream_and_nothing_else_does() -> None:
+    key = bytes(range(32))
+    a, b = GaussianSampler(key), GaussianSampler(key)
+    assert np.array_equal(a.normal((3, 4), 2.0), b.normal((3, 4), 2.0))
+    assert a.seed() == b.seed()  # the two streams stay in step
+    assert np.array_equal(gaussian(5, 1.0, rng=a), gaussian(5, 1.0, rng=b))
+    other = GaussianSampler(bytes(31) + b"\x01")
+    assert not np.array_equal(GaussianSampler(key).normal(8, 1.0), other.normal(8, 1.0))
+    assert not np.array_equal(GaussianSampler().normal(8, 1.0), GaussianSampler().normal(8, 1.0))
+    # successive draws of one sampler continue the stream, they do not repeat it
+    sampler = GaussianSampler(key)
+    assert not np.array_equal(sampler.normal(8, 1.0), sampler.normal(8, 1.0))
+    assert "key hidden" in repr(sampler) and key.hex() not in repr(sampler)
+
+
+@pytest.mark.parametrize("key", [b"", bytes(16), bytes(33)])
+def test_sampler_key_must_be_32_bytes(key: bytes) -> None:
+    with pytest.raises(ValueError, match="key must be 32 bytes"):
+        GaussianSampler(key)
+    with pytest.raises(TypeError, match="key must be bytes"):
+        GaussianSampler("0" * 32)  # type: ignore[arg-type]
+
+
+def test_sampler_output_dtypes_and_validation() -> None:
+    sampler = GaussianSampler()
+    assert sampler.normal((2, 3), 1.0, dtype=np.float32).dtype == np.float32
+    assert sampler.normal((), 1.0).shape == ()
+    assert sampler.normal((0, 4), 1.0, dtype=np.float32).shape == (0, 4)
+    with pytest.raises(TypeError, match="float64 or float32"):
+        sampler.normal(3, 1.0, dtype=np.float16)
+    with pytest.raises(ValueError, match="std must be > 0 and finite"):
+        sampler.normal(3, 0.0)
 
 
 def test_add_gaussian_noise_keeps_dtypes_and_inputs() -> None:
@@ -243,6 +277,15 @@ def test_csprng_gaussian_moments_and_shape() -> None:
     half = sample.size // 2
     r = float(np.corrcoef(sample[:half], sample[half : 2 * half])[0, 1])
     assert abs(r) <= stats.norm.ppf(1 - ALPHA / 2) / math.sqrt(half)
+
+
+def test_float32_gaussian_moments_and_distribution() -> None:
+    # The DP-SGD path: float32 output, radius from 53-bit uniforms, float32 cosine and sine.
+    std = 1.3
+    sample = GaussianSampler().normal(200_000, std, dtype=np.float32).astype(np.float64)
+    _assert_variance(sample, std**2)
+    _assert_mean_zero(sample, std**2)
+    assert stats.kstest(sample / std, "norm").pvalue > ALPHA
 
 
 def test_distributed_noise_sums_to_central_variance() -> None:

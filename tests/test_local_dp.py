@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +18,23 @@ from fedlearn.data import Dataset, write_csv
 from fedlearn.privacy import PrivacyLedger, UnsupportedLayerError, check_dp_compatible
 from fedlearn.privacy.holder import HolderPrivacy
 from fedlearn.privacy.local_dp import DPSGDPlan, plan_dp_sgd, train_dp_sgd
+from fedlearn.privacy.noise import GaussianSampler
 from fedlearn.wire import CONFIG_KEY, EXAMPLES_KEY, PRIVACY_KEY, ErrorCode
 from tests.flower_messages import instruction
 
 
-def test_dp_sgd_adds_the_calibrated_noise_when_gradients_are_zero() -> None:
+@pytest.mark.parametrize(
+    "generator",
+    [
+        lambda: torch.Generator().manual_seed(3),
+        lambda: GaussianSampler(bytes(range(32))),
+        lambda: GaussianSampler(),
+    ],
+    ids=["seeded torch generator", "keyed sampler", "unkeyed sampler"],
+)
+def test_dp_sgd_adds_the_calibrated_noise_when_gradients_are_zero(
+    generator: Callable[[], GaussianSampler | torch.Generator],
+) -> None:
     # x = 0 and no bias: every per-example gradient of W is exactly zero, so
     # W moves only by the Gaussian noise: ΔW = -lr * Σ_t N(0, (σC)²) / B.
     d, k, n = 400, 25, 200
@@ -29,7 +43,7 @@ def test_dp_sgd_adds_the_calibrated_noise_when_gradients_are_zero() -> None:
     data = Dataset(np.zeros((n, d), np.float32), np.arange(n, dtype=np.int64) % k)
     train = TrainConfig(local_epochs=1, batch_size=20, learning_rate=0.5, momentum=0.0)
     plan = DPSGDPlan(sample_rate=0.1, steps=10, noise_multiplier=1.7, max_grad_norm=0.8)
-    train_dp_sgd(model, data, train, plan=plan, generator=torch.Generator().manual_seed(3))
+    train_dp_sgd(model, data, train, plan=plan, generator=generator())
     delta = (model[0].weight.detach() - before).double().numpy().ravel()
     expected = (
         train.learning_rate**2
@@ -40,6 +54,47 @@ def test_dp_sgd_adds_the_calibrated_noise_when_gradients_are_zero() -> None:
     # sample variance of 10,000 draws: relative std 1.4%; 6% is > 4 std
     assert delta.var() == pytest.approx(expected, rel=0.06)
     assert abs(delta.mean()) < 5 * np.sqrt(expected / delta.size)
+
+
+def _trained(generator: GaussianSampler | torch.Generator, steps: int = 6) -> list[torch.Tensor]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    rng = np.random.default_rng(0)
+    data = Dataset(rng.normal(size=(40, 4)).astype(np.float32), rng.integers(0, 2, 40))
+    plan = DPSGDPlan(sample_rate=0.1, steps=steps, noise_multiplier=1.0, max_grad_norm=1.0)
+    train_dp_sgd(model, data, TrainConfig(batch_size=4), plan=plan, generator=generator)
+    # Opacus' wrapper is gone: no hooks, no per-example attributes left on the model.
+    assert all(not m._forward_hooks and not m._backward_hooks for m in model.modules())
+    assert not any(hasattr(p, "grad_sample") for p in model.parameters())
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def test_a_release_key_reproduces_the_update_and_another_key_does_not() -> None:
+    key = bytes(range(32))
+    first, again = _trained(GaussianSampler(key)), _trained(GaussianSampler(key))
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    other = _trained(GaussianSampler(bytes(32)))
+    assert not all(torch.equal(a, b) for a, b in zip(first, other, strict=True))
+    seeded = [_trained(torch.Generator().manual_seed(5)) for _ in range(2)]
+    assert all(torch.equal(a, b) for a, b in zip(*seeded, strict=True))
+
+
+def test_empty_poisson_batches_take_noise_only_steps() -> None:
+    # q = 1e-9 on 40 examples: every batch is empty (but with probability 1e-7),
+    # and each step still adds the noise, as in Opacus' own data loader.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 2))
+    start = [p.detach().clone() for p in model.parameters()]
+    data = Dataset(np.ones((40, 4), np.float32), np.zeros(40, np.int64))
+    plan = DPSGDPlan(sample_rate=1e-9, steps=3, noise_multiplier=1.0, max_grad_norm=1.0)
+    loss = train_dp_sgd(
+        model, data, TrainConfig(batch_size=1), plan=plan, generator=GaussianSampler(bytes(32))
+    )
+    assert math.isnan(loss)  # no example was seen
+    moved = [p.detach() for p in model.parameters()]
+    assert all(
+        torch.isfinite(p).all() and not torch.equal(a, p) for a, p in zip(start, moved, strict=True)
+    )
 
 
 def test_batchnorm_is_refused_with_what_to_use_instead() -> None:
@@ -109,13 +164,14 @@ def test_client_refuses_exactly_the_round_that_would_overspend(holder: dict) -> 
     assert not first.has_error(), first.error
     per_round = first.content[PRIVACY_KEY]["round-epsilon"]
     two_rounds = _ledger(holder)
+    (entry,) = two_rounds.entries  # the plan stays on the holder: read it from its ledger
     two_rounds.record(
         round=2,
         mechanism="dpsgd",
         noise_multiplier=1.0,
         clipping_norm=1.0,
-        steps=int(first.content[PRIVACY_KEY]["steps"]),
-        sample_rate=first.content[PRIVACY_KEY]["sample-rate"],
+        steps=entry.steps,
+        sample_rate=entry.sample_rate,
     )
     budget = two_rounds.spent_epsilon() + 1e-9  # room for exactly two rounds
     node = {**holder, "epsilon-budget": budget}

@@ -7,7 +7,8 @@ otherwise stateless; this file is what lets a holder enforce one budget over
 every round of every run on the same data.
 
 Idempotent releases
-    The DP-SGD noise of a round is drawn from a generator seeded with
+    The randomness of a round's DP-SGD (its noise, and the seed of its Poisson
+    batches) comes from a :class:`~fedlearn.privacy.noise.GaussianSampler` keyed with
     ``HMAC-SHA256(secret, release key)``, where the release key binds the run,
     the round and the exact global model received. If the server asks again
     for a release already answered (e.g. it crashed and resumed), the client
@@ -15,10 +16,9 @@ Idempotent releases
     and the ledger records it once. A different model or run is a new release
     and is accounted as such.
 
-The secret never leaves the holder. ``torch.Generator`` is a Mersenne Twister
-seeded with 64 bits of the HMAC (Opacus' CSPRNG mode needs torchcsprng, which
-has no build for current torch); the seed is unpredictable to anyone without
-the secret, but the generator itself is not a CSPRNG.
+The secret never leaves the holder, so nobody else can compute a release's key,
+and the sampler's ChaCha20 keystream is a CSPRNG: the noise can be neither
+predicted nor subtracted (see :mod:`fedlearn.privacy.noise`).
 """
 
 from __future__ import annotations
@@ -34,11 +34,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from fedlearn.data import Dataset
 from fedlearn.privacy.accounting import AccountantName
 from fedlearn.privacy.ledger import LedgerEntry, PrivacyLedger
+from fedlearn.privacy.noise import GaussianSampler
 
 __all__ = ["HolderPrivacy", "data_fingerprint", "default_ledger_dir", "release_key"]
 
@@ -135,10 +134,13 @@ class HolderPrivacy:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def generator(self, key: str) -> torch.Generator:
-        """The noise and sampling generator of release ``key`` (see module docstring)."""
-        seed = hmac.new(self._secret, key.encode(), hashlib.sha256).digest()
-        return torch.Generator().manual_seed(int.from_bytes(seed[:8], "big") >> 1)
+    def sampler(self, key: str) -> GaussianSampler:
+        """The DP randomness of release ``key``: same key, same stream (module docstring)."""
+        return GaussianSampler(hmac.new(self._secret, key.encode(), hashlib.sha256).digest())
+
+    def generator(self, key: str) -> GaussianSampler:
+        """Alias of :meth:`sampler`, kept while ``client_app`` still calls it by this name."""
+        return self.sampler(key)
 
     def entry_for(self, key: str) -> LedgerEntry:
         """The ledger entry recorded for an answered release."""

@@ -7,28 +7,50 @@ probability ``q = batch_size / n``), clips each example's gradient to
 ``dp_accounting``'s ``PoissonSampledDpEvent(q, GaussianDpEvent(σ))`` describes,
 composed over the steps.
 
-Batches are drawn by indexing tensors directly (no ``DataLoader``: on small
-models its per-example collation costs more than the training). Opacus'
-``GradSampleModule`` and ``DPOptimizer`` do the per-sample clipping and the
-noise. Opacus' ``secure_mode`` needs torchcsprng, which has no build for
-current torch, so the noise comes from a ``torch.Generator`` whose seed the
-caller derives from a secret (see :mod:`fedlearn.privacy.holder`).
+What Opacus does, and what stays ours:
+
+* Batches: Opacus' ``UniformWithReplacementSampler`` (the sampler inside its
+  ``DPDataLoader``), asked for exactly the planned steps. Its index batches
+  select rows of the data tensors directly; a ``DataLoader`` around it would
+  collate example by example, which on small models costs more than the
+  training. It accepts only a ``torch.Generator``, which a holder's release
+  seeds with 64 bits of its keyed sampler (see ``_random_sources``).
+* Per-example gradients, clipping, accumulation, scaling and the step: Opacus'
+  ``GradSampleModule`` and ``DPOptimizer``; an empty Poisson batch goes through
+  the model as an empty tensor and takes a noise-only step, as in Opacus' own
+  data loader.
+* The noise: drawn from the one CSPRNG sampler,
+  :class:`~fedlearn.privacy.noise.GaussianSampler`, not from a
+  ``torch.Generator``. Opacus draws its noise with ``torch.normal`` from a
+  ``torch.Generator`` (a Mersenne Twister, whose state can be recovered from its
+  outputs); its ``secure_mode`` needs torchcsprng, which has no build for
+  current torch. Opacus' ``DPOptimizer`` does the rest of the step around the
+  draw (``_SamplerNoise``).
+* Accounting: not Opacus' accountants; the caller records a ``dp_accounting``
+  event in the holder's ledger (:mod:`fedlearn.privacy.ledger`).
+* ``PrivacyEngine.make_private`` is not used: it wraps a ``DataLoader`` (the
+  collation cost above), attaches its own accountant and chooses the optimizer
+  class itself, so the noise could only come from a ``torch.Generator``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from opacus import GradSampleModule
 from opacus.optimizers import DPOptimizer
+from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from opacus.validators import ModuleValidator
 from torch import nn
 
 from fedlearn.config import AccountantName, TrainConfig
 from fedlearn.data import Dataset
+from fedlearn.privacy.noise import GaussianSampler
 
 __all__ = [
     "DPSGDPlan",
@@ -87,54 +109,136 @@ def plan_dp_sgd(
     return DPSGDPlan(sample_rate, steps, noise_multiplier, max_grad_norm)
 
 
+def _draw_noise(
+    sampler: GaussianSampler, like: list[torch.Tensor], std: float
+) -> list[torch.Tensor]:
+    """``N(0, std²)`` noise shaped like each tensor of ``like``, in one draw of ``sampler``.
+
+    The draw is float32 unless a tensor is float64, and is cast to each tensor's dtype.
+    """
+    wide = any(t.dtype == torch.float64 for t in like)
+    flat = torch.from_numpy(
+        sampler.normal(sum(t.numel() for t in like), std, dtype=np.float64 if wide else np.float32)
+    )
+    out, offset = [], 0
+    for t in like:
+        out.append(flat[offset : offset + t.numel()].view_as(t).to(t.dtype))
+        offset += t.numel()
+    return out
+
+
+class _SamplerNoise:
+    """Mixin for Opacus' DP optimizers: the Gaussian noise comes from a :class:`GaussianSampler`.
+
+    Opacus keeps its whole step (clipping, accumulation, scaling, the wrapped
+    optimizer's update); only the draw is replaced. The optimizer's own
+    ``add_noise`` runs at ``noise_multiplier = 0`` (the attribute Opacus' noise
+    schedulers set), which leaves the clipped sum in ``p.grad``; one draw of the
+    sampler, of standard deviation ``noise_multiplier * max_grad_norm``, then
+    covers every parameter in order.
+    """
+
+    noise_multiplier: float
+    max_grad_norm: float
+    params: list[torch.Tensor]
+
+    def __init__(self, *args: object, sampler: GaussianSampler, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.sampler = sampler
+
+    def add_noise(self) -> None:
+        sigma, self.noise_multiplier = self.noise_multiplier, 0.0
+        try:
+            super().add_noise()  # type: ignore[misc]  # the Opacus optimizer's
+        finally:
+            self.noise_multiplier = sigma
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if sigma > 0 and grads:
+            for grad, noise in zip(
+                grads, _draw_noise(self.sampler, grads, sigma * self.max_grad_norm), strict=True
+            ):
+                grad.add_(noise)
+
+
+class _SamplerNoiseDPOptimizer(_SamplerNoise, DPOptimizer):  # type: ignore[misc]  # untyped Opacus
+    """Opacus' ``DPOptimizer`` drawing its noise from ``sampler`` (see :class:`_SamplerNoise`)."""
+
+
+def _random_sources(
+    generator: GaussianSampler | torch.Generator,
+) -> tuple[torch.Generator, GaussianSampler]:
+    """The batch generator and the noise sampler of one DP-SGD run, both from ``generator``.
+
+    Opacus' sampler takes only a ``torch.Generator``. From a :class:`GaussianSampler`
+    (a holder's release), that generator is seeded with 64 bits of the sampler's
+    stream: unpredictable without the sampler's key, and its outputs (which
+    examples were drawn) never leave the holder. A seeded ``torch.Generator``
+    (reproducible experiments, tests) draws the batches itself and keys the noise
+    sampler with a hash of its current state, so its batches are the ones it would
+    draw anyway; such a run is only as secret as that generator's seed.
+    """
+    if isinstance(generator, GaussianSampler):
+        return torch.Generator().manual_seed(generator.seed()), generator
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(
+            "generator must be a GaussianSampler or a torch.Generator, "
+            f"got {type(generator).__name__}"
+        )
+    state = generator.get_state().numpy().tobytes()
+    return generator, GaussianSampler(hashlib.sha256(b"fedlearn dp-sgd noise|" + state).digest())
+
+
 def train_dp_sgd(
     model: nn.Module,
     data: Dataset,
     train: TrainConfig,
     *,
     plan: DPSGDPlan,
-    generator: torch.Generator,
+    generator: GaussianSampler | torch.Generator,
 ) -> float:
     """Run the planned DP-SGD steps on ``model`` in place; return the mean loss.
 
-    ``generator`` drives both the Poisson sampling and the noise.
+    ``generator`` is the run's randomness: a :class:`GaussianSampler` keyed by the
+    release (what a data holder passes: the same key gives the same update), or a
+    seeded ``torch.Generator`` for reproducible experiments (see
+    ``_random_sources``). It drives both the Poisson batches and the noise.
     """
     model.train()
     check_dp_compatible(model)
     n = len(data)
+    batches, sampler = _random_sources(generator)
     x, y = torch.from_numpy(data.x), torch.from_numpy(data.y)
-    expected_batch = max(1, round(plan.sample_rate * n))
     gsm = GradSampleModule(model, batch_first=True, loss_reduction="mean")
-    optimizer = DPOptimizer(
+    optimizer = _SamplerNoiseDPOptimizer(
         torch.optim.SGD(gsm.parameters(), lr=train.learning_rate, momentum=train.momentum),
+        sampler=sampler,
         noise_multiplier=plan.noise_multiplier,
         max_grad_norm=plan.max_grad_norm,
-        expected_batch_size=expected_batch,
+        expected_batch_size=max(1, round(plan.sample_rate * n)),
         loss_reduction="mean",
-        generator=generator,
+    )
+    poisson = UniformWithReplacementSampler(
+        num_samples=n, sample_rate=plan.sample_rate, generator=batches, steps=plan.steps
     )
     loss_fn = nn.CrossEntropyLoss()
     total, count = 0.0, 0
     gsm.train()
     try:
-        for _ in range(plan.steps):
-            batch = (torch.rand(n, generator=generator) < plan.sample_rate).nonzero().squeeze(1)
+        for batch in poisson:
             optimizer.zero_grad()
-            # An empty Poisson batch still takes a step: the noise alone.
-            loss = loss_fn(gsm(x[batch]), y[batch]) if len(batch) else None
-            if loss is not None:
-                with warnings.catch_warnings():
-                    # Opacus' hooks fire on module outputs as inputs need no grad: expected.
-                    warnings.filterwarnings("ignore", "Full backward hook", UserWarning)
-                    loss.backward()
+            # An empty Poisson batch still takes a step (the noise alone): it goes
+            # through as an empty tensor, whose loss is nan and per-example gradients empty.
+            loss = loss_fn(gsm(x[batch]), y[batch])
+            with warnings.catch_warnings():
+                # Opacus' hooks fire on module outputs as inputs need no grad: expected.
+                warnings.filterwarnings("ignore", "Full backward hook", UserWarning)
+                loss.backward()
+            if batch:
                 total += float(loss.detach()) * len(batch)
                 count += len(batch)
-            else:
-                for p in gsm.parameters():
-                    p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
             optimizer.step()
     finally:
-        gsm._close()
+        gsm.to_standard_module()  # removes Opacus' hooks and per-example attributes
     return total / count if count else float("nan")
 
 
@@ -147,7 +251,7 @@ def train_centralized_dp(
     target_epsilon: float,
     delta: float,
     max_grad_norm: float,
-    generator: torch.Generator,
+    generator: GaussianSampler | torch.Generator,
     accountant: AccountantName = "rdp",
 ) -> tuple[float, DPSGDPlan]:
     """Train the centralized DP-SGD baseline at the same ε a federation's clients get.

@@ -1,10 +1,29 @@
-"""Gaussian noise for differential privacy, from a cryptographically secure source.
+"""Gaussian noise for differential privacy, from one cryptographically secure generator.
 
-By default the noise is drawn from the operating system's CSPRNG
-(:func:`secrets.token_bytes`, i.e. ``os.urandom``): 53-bit uniform doubles
-transformed by Box-Muller. A NumPy ``Generator`` may be passed instead for
-tests and reproducible experiments; it is *not* cryptographically secure, and an
-adversary who learns or guesses its seed can subtract the noise.
+The generator
+-------------
+:class:`GaussianSampler` is the one source of DP noise in :mod:`fedlearn.privacy`: the
+ChaCha20 keystream (RFC 8439, through ``cryptography``'s OpenSSL binding) under a
+256-bit key, read as 53-bit uniform doubles and turned into Gaussians by Box-Muller.
+
+* **Unkeyed** (``GaussianSampler()``, what :func:`gaussian` uses by default): the
+  key is 32 bytes of operating-system entropy (``os.urandom``), so every sampler
+  is a fresh, unpredictable stream.
+* **Keyed** (``GaussianSampler(key)``): the same key gives the same stream, for
+  releases that must be reproducible by their owner and by nobody else. A data
+  holder keys it with ``HMAC-SHA256(holder secret, release key)``
+  (:mod:`fedlearn.privacy.holder`): a release asked for twice gets the identical
+  noise (nothing new is revealed), and without the secret the key is unknown.
+
+Why this is cryptographically adequate: ChaCha20 is a stream cipher whose keystream
+is computationally indistinguishable from uniform random bytes to anyone who does
+not know the key (it is the generator behind Linux's ``getrandom`` and OpenBSD's
+``arc4random``). Whoever sees released values can neither predict nor reconstruct
+the noise, so cannot subtract it. The usual simulation generators do not give this:
+Mersenne Twister (``torch.Generator``, ``random``) has a state recoverable from its
+outputs, and NumPy's PCG64 and Philox make no claim to resist an adversary. Each
+key drives one stream (nonce fixed at zero); a sampler refuses to go past the
+2**32 ChaCha20 blocks (256 GiB) of one stream rather than wrap.
 
 Floating-point caveat
 ---------------------
@@ -18,14 +37,18 @@ remedies are the snapping mechanism (Mironov 2012) or discrete Gaussian noise
 on a fixed-point encoding (Canonne, Kamath & Steinke 2020). In addition the
 53-bit uniforms truncate the Box-Muller output at about 8.6 standard
 deviations, a deviation from the ideal Gaussian with probability below 1e-16,
-far under any δ used in practice.
+far under any δ used in practice. The radius, which sets that tail, is always
+computed from 53-bit uniforms in double precision; only the angle's cosine and
+sine are evaluated in the output precision.
 
 Examples
 --------
->>> import numpy as np
 >>> noise = gaussian((2, 3), 0.5)
 >>> noise.shape, noise.dtype
 ((2, 3), dtype('float64'))
+>>> key = bytes(32)  # a real key is secret: HMAC of a secret, or os.urandom
+>>> bool(np.array_equal(GaussianSampler(key).normal(4, 1.0), GaussianSampler(key).normal(4, 1.0)))
+True
 >>> distributed_noise_std(noise_multiplier=1.0, clipping_norm=2.0, num_clients=4)
 1.0
 """
@@ -33,17 +56,26 @@ Examples
 from __future__ import annotations
 
 import math
-import secrets
+import os
 from collections.abc import Sequence
 from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from numpy.typing import DTypeLike, NDArray
 
-__all__ = ["add_gaussian_noise", "central_noise_std", "distributed_noise_std", "gaussian"]
+__all__ = [
+    "GaussianSampler",
+    "add_gaussian_noise",
+    "central_noise_std",
+    "distributed_noise_std",
+    "gaussian",
+]
 
 _TWO_POW_MINUS_53 = 2.0**-53
+_KEY_BYTES = 32
+_STREAM_BYTES = 64 * 2**32  # ChaCha20's 32-bit block counter (RFC 8439) times 64-byte blocks
 
 
 def _check_positive(name: str, value: object) -> float:
@@ -65,25 +97,105 @@ def _check_shape(shape: int | Sequence[int]) -> tuple[int, ...]:
     return tuple(dims)
 
 
-def _secure_uniform_53(count: int) -> NDArray[np.float64]:
-    """``count`` doubles ``k / 2**53``, ``k`` uniform in ``[0, 2**53)``, from the OS CSPRNG."""
-    raw = np.frombuffer(secrets.token_bytes(8 * count), dtype=np.uint64)
-    return (raw >> np.uint64(11)).astype(np.float64) * _TWO_POW_MINUS_53
+class GaussianSampler:
+    """Gaussian noise and uniforms from a ChaCha20 keystream (see the module docstring).
 
+    Parameters
+    ----------
+    key : bytes, optional
+        32-byte key. ``None`` (default) draws one from the operating system's
+        entropy (``os.urandom``): an unpredictable stream, what a one-off release
+        uses. A given key always yields the same stream, for releases that must be
+        reproducible by whoever holds the key; the key must then be secret (e.g.
+        an HMAC of a secret) and drive one release only.
 
-def _secure_standard_normal(count: int) -> NDArray[np.float64]:
-    """``count`` independent N(0, 1) samples by Box-Muller on CSPRNG uniforms."""
-    pairs = (count + 1) // 2
-    uniforms = _secure_uniform_53(2 * pairs)
-    # 1 - u lies in (0, 1], so the logarithm is finite.
-    radius = np.sqrt(-2.0 * np.log1p(-uniforms[:pairs]))
-    angle = (2.0 * math.pi) * uniforms[pairs:]
-    normals = np.concatenate((radius * np.cos(angle), radius * np.sin(angle)))
-    return normals[:count]
+    Examples
+    --------
+    >>> sampler = GaussianSampler()
+    >>> sampler.normal((2, 2), 0.1, dtype=np.float32).dtype
+    dtype('float32')
+    >>> u = GaussianSampler(bytes(32)).uniform(3)
+    >>> bool(np.all((0.0 <= u) & (u < 1.0)))
+    True
+    """
+
+    __slots__ = ("_remaining", "_stream")
+
+    def __init__(self, key: bytes | None = None) -> None:
+        if key is None:
+            key = os.urandom(_KEY_BYTES)
+        if not isinstance(key, bytes):
+            raise TypeError(f"key must be bytes, got {type(key).__name__}")
+        if len(key) != _KEY_BYTES:
+            raise ValueError(f"key must be {_KEY_BYTES} bytes, got {len(key)}")
+        # A zero nonce (counter 0, nonce 0): each key drives exactly one stream.
+        self._stream = Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None).encryptor()
+        self._remaining = _STREAM_BYTES
+
+    def __repr__(self) -> str:
+        return "GaussianSampler(<key hidden>)"
+
+    def random_bytes(self, count: int) -> bytes:
+        """The next ``count`` bytes of the keystream."""
+        if count > self._remaining:
+            raise OverflowError("this sampler's stream is exhausted (256 GiB); use a new key")
+        self._remaining -= count
+        return self._stream.update(bytes(count))
+
+    def seed(self) -> int:
+        """A 64-bit integer from the stream, e.g. to seed a ``torch.Generator``."""
+        return int.from_bytes(self.random_bytes(8), "little")
+
+    def _uniform_53(self, count: int) -> NDArray[np.float64]:
+        raw = np.frombuffer(self.random_bytes(8 * count), dtype="<u8")
+        return (raw >> np.uint64(11)).astype(np.float64) * _TWO_POW_MINUS_53
+
+    def uniform(self, shape: int | Sequence[int]) -> NDArray[np.float64]:
+        """Doubles ``k / 2**53``, ``k`` uniform in ``[0, 2**53)``: uniform on ``[0, 1)``."""
+        dims = _check_shape(shape)
+        return self._uniform_53(math.prod(dims)).reshape(dims)
+
+    def normal(
+        self, shape: int | Sequence[int], std: float, *, dtype: DTypeLike = np.float64
+    ) -> NDArray[Any]:
+        """Independent ``N(0, std²)`` samples of the given shape by Box-Muller.
+
+        Parameters
+        ----------
+        shape, std
+            As in :func:`gaussian`.
+        dtype : {numpy.float64, numpy.float32}, default numpy.float64
+            Output precision. The radius (the tails) is computed in float64
+            either way; float32 evaluates the cosine and sine in float32, which
+            is several times faster and all that float32 parameters can hold.
+
+        Returns
+        -------
+        numpy.ndarray
+            Array of the requested shape and dtype.
+        """
+        dims = _check_shape(shape)
+        scale = _check_positive("std", std)
+        kind = np.dtype(dtype)
+        if kind not in (np.float64, np.float32):
+            raise TypeError(f"dtype must be float64 or float32, got {kind}")
+        count = math.prod(dims)
+        pairs = (count + 1) // 2
+        uniforms = self._uniform_53(2 * pairs)
+        # 1 - u lies in (0, 1], so the logarithm is finite.
+        radius = (scale * np.sqrt(-2.0 * np.log1p(-uniforms[:pairs]))).astype(kind)
+        angle = ((2.0 * math.pi) * uniforms[pairs:]).astype(kind)
+        out = np.empty(2 * pairs, dtype=kind)
+        np.multiply(radius, np.cos(angle), out=out[:pairs])
+        np.multiply(radius, np.sin(angle), out=out[pairs:])
+        return out[:count].reshape(dims)
 
 
 def gaussian(
-    shape: int | Sequence[int], std: float, *, rng: np.random.Generator | None = None
+    shape: int | Sequence[int],
+    std: float,
+    *,
+    rng: np.random.Generator | GaussianSampler | None = None,
 ) -> NDArray[np.float64]:
     """Independent ``N(0, std²)`` samples of the given shape.
 
@@ -93,11 +205,14 @@ def gaussian(
         Output shape; ``()`` gives a 0-d array and a zero dimension an empty one.
     std : float
         Standard deviation; > 0 and finite.
-    rng : numpy.random.Generator, optional
-        Source of randomness. ``None`` (default) uses the operating system's
-        cryptographically secure generator, which is what a real release must
-        use. A seeded ``Generator`` is for tests and reproducible simulations
-        only.
+    rng : GaussianSampler or numpy.random.Generator, optional
+        Source of randomness. ``None`` (default) uses a fresh, unkeyed
+        :class:`GaussianSampler` (OS entropy), which is what a real release must
+        use; a keyed :class:`GaussianSampler` gives a reproducible, still
+        cryptographically secure release. A seeded NumPy ``Generator`` is for
+        tests and reproducible simulations only: it is *not* cryptographically
+        secure, and an adversary who learns or guesses its seed can subtract
+        the noise.
 
     Returns
     -------
@@ -114,16 +229,20 @@ def gaussian(
     """
     dims = _check_shape(shape)
     scale = _check_positive("std", std)
-    if rng is not None:
-        if not isinstance(rng, np.random.Generator):
-            raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
-        return np.asarray(rng.standard_normal(dims) * scale)
-    count = math.prod(dims)
-    return (_secure_standard_normal(count) * scale).reshape(dims)
+    if rng is None or isinstance(rng, GaussianSampler):
+        return (rng or GaussianSampler()).normal(dims, scale)
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(
+            f"rng must be a GaussianSampler or a numpy.random.Generator, got {type(rng).__name__}"
+        )
+    return np.asarray(rng.standard_normal(dims) * scale)
 
 
 def add_gaussian_noise(
-    arrays: Sequence[NDArray[Any]], *, std: float, rng: np.random.Generator | None = None
+    arrays: Sequence[NDArray[Any]],
+    *,
+    std: float,
+    rng: np.random.Generator | GaussianSampler | None = None,
 ) -> list[NDArray[Any]]:
     """New arrays equal to ``arrays`` plus independent ``N(0, std²)`` noise, dtypes kept.
 
@@ -134,8 +253,9 @@ def add_gaussian_noise(
         never modified.
     std : float
         Standard deviation of the noise per coordinate; > 0 and finite.
-    rng : numpy.random.Generator, optional
-        As in :func:`gaussian`; ``None`` uses the OS CSPRNG.
+    rng : GaussianSampler or numpy.random.Generator, optional
+        As in :func:`gaussian`; ``None`` uses a fresh :class:`GaussianSampler`
+        (one key for all the arrays).
 
     Returns
     -------
@@ -143,12 +263,13 @@ def add_gaussian_noise(
         Noised copies with the input shapes and dtypes (noise is added in
         float64, then rounded to the array's dtype).
     """
+    source = GaussianSampler() if rng is None else rng
     out: list[NDArray[Any]] = []
     for index, array in enumerate(arrays):
         a = np.asarray(array)
         if not np.issubdtype(a.dtype, np.floating):
             raise TypeError(f"arrays[{index}] has dtype {a.dtype}; expected floating point")
-        noised = a.astype(np.float64) + gaussian(a.shape, std, rng=rng)
+        noised = a.astype(np.float64) + gaussian(a.shape, std, rng=source)
         out.append(np.asarray(noised).astype(a.dtype))
     return out
 
