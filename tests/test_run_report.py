@@ -328,6 +328,26 @@ def test_damaged_files_are_reported_and_the_rest_is_shown(run: Run, tmp_path: Pa
     assert f"{run.history.rounds[0].accuracy:.4f}" in page.section("rounds").text()
 
 
+def test_a_dp_run_in_which_no_holder_released_yet_is_not_called_a_run_without_dp(
+    run: Run, tmp_path: Path
+) -> None:
+    run_dir = _copy(run, tmp_path)
+
+    def refuse_all(raw: dict[str, Any]) -> None:
+        for record in raw["rounds"]:
+            record.update(privacy={}, applied=False, accepted=0, contributions={})
+            record["attestation"]["root"] = ""
+
+    _edit_history(run_dir, refuse_all)
+    shutil.rmtree(run_dir / "attestations")
+    page = dom(render_report(run_dir))
+    assert "Differential privacy is on for this run" in page.section("privacy").text()
+    summary = page.section("summary").text()
+    assert "DP is on; no holder has released yet" in summary
+    assert "0 / 0 rounds confirmed on chain no round attested yet" in summary
+    assert "No differential privacy" not in page.section("privacy").text()
+
+
 def test_an_attestation_still_in_the_outbox_is_shown_as_waiting(run: Run, tmp_path: Path) -> None:
     run_dir = _copy(run, tmp_path)
     last = run.attested[-1].round
