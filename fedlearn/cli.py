@@ -600,6 +600,38 @@ def report(
         typer.launch(path.resolve().as_uri())
 
 
+@app.command()
+def budget(
+    data: Annotated[Path, typer.Option(help="Your CSV file, NPZ file or image folder.")],
+    config: Annotated[Path, typer.Option(help="The run's config (its schema reads your file).")],
+    ledger_dir: Annotated[
+        Path | None, typer.Option(help="Where your privacy ledger lives (default ~/.fedlearn).")
+    ] = None,
+    epsilon_budget: Annotated[
+        float | None, typer.Option(help="Your total ε, to show what remains.")
+    ] = None,
+) -> None:
+    """Show what has been spent on your data's records, per run and round, and what remains.
+
+    The ledger is keyed by the records themselves, so a copy or re-export of
+    the same rows shows the same spending. Nothing is contacted or written.
+    """
+    from fedlearn.data import load_file, schema_for
+    from fedlearn.privacy.holder import default_ledger_dir, spending_on
+    from fedlearn.privacy.ledger import LedgerError
+    from fedlearn.reporting import budget_table
+
+    try:
+        cfg = RunConfig.load(config)
+        records = load_file(data, schema_for(cfg.data))
+        spending = spending_on(ledger_dir or default_ledger_dir(), records)
+    except (ConfigError, DataError, OSError) as exc:
+        raise _fail(str(exc), "check --data and --config") from None
+    except LedgerError as exc:
+        raise _fail(str(exc)) from None
+    out.print(budget_table(spending, data=str(data), epsilon_budget=epsilon_budget))
+
+
 def main() -> None:
     """Console entry point."""
     try:

@@ -38,14 +38,10 @@ from fedlearn.data import (
 from fedlearn.models import build_model
 from fedlearn.privacy.accounting import calibrate_noise_multiplier
 from fedlearn.privacy.central_dp import user_level_dp_mod
-from fedlearn.privacy.holder import (
-    HolderPrivacy,
-    data_fingerprint,
-    default_ledger_dir,
-    release_key,
-)
-from fedlearn.privacy.ledger import BudgetExceeded, PrivacyBudget, release_event
+from fedlearn.privacy.holder import HolderPrivacy, default_ledger_dir, release_key
+from fedlearn.privacy.ledger import BudgetExceeded, LedgerError, PrivacyBudget
 from fedlearn.privacy.local_dp import DPSGDPlan, check_dp_compatible, plan_dp_sgd, train_dp_sgd
+from fedlearn.privacy.records import cohort_id, record_fingerprints
 from fedlearn.privacy.secure.client_mod import handle_secure_query, secure_aggregation_mod
 from fedlearn.training import evaluate, train
 from fedlearn.wire import CONFIG_KEY, EXAMPLES_KEY, PRIVACY_KEY, TRAIN_LOSS_KEY, ErrorCode
@@ -112,6 +108,16 @@ def _client_index(context: Context) -> int:
     return int(context.node_config.get("partition-id", context.node_id % (2**31)))
 
 
+def _ledger_dir(
+    context: Context, default: str | Path | None, *, client: int, simulated: bool
+) -> Path:
+    """The holder's ledger directory: its own (node config), or one per simulated holder."""
+    if "ledger-dir" in context.node_config:
+        return Path(str(context.node_config["ledger-dir"]))
+    base = Path(default) if default is not None else default_ledger_dir()
+    return base / f"holder-{client}" if simulated else base
+
+
 def _error(msg: Message, code: int, reason: str) -> Message:
     log.warning("replying with error %d: %s", code, reason)
     return Message(Error(code=code, reason=reason), reply_to=msg)
@@ -168,14 +174,15 @@ def _private_train(
     model: nn.Module,
     train_set: Dataset,
     client: int,
-    fingerprint: str,
     ledger_dir: Path,
     budget: PrivacyBudget | None,
 ) -> Message:
     """One round of DP-SGD under the holder's own, persistent budget.
 
-    The ledger file is locked from the budget check to the record, so two runs
-    on the same data cannot both spend the last of a budget. The reply carries
+    The holder's ledger is keyed by the records used (per-record accounting,
+    :mod:`fedlearn.privacy.records`) and locked from the budget check to the
+    record, so two runs on the same records cannot both spend the last of a
+    budget. Refusals name the rule, never the holder's ε. The reply carries
     nothing un-noised about the records: the update, a public weight of 1 (the
     record count is not released) and the ledger entry.
     """
@@ -187,48 +194,65 @@ def _private_train(
     except ValueError as exc:
         return _error(msg, ErrorCode.TRAINING, f"cannot run DP-SGD: {exc}")
     run = hashlib.sha256(json.dumps({**cfg.to_dict(), "server": None}, sort_keys=True).encode())
+    records = record_fingerprints(train_set)
     key = release_key(
         run=run.hexdigest(),
         server_round=server_round,
         model={k: v.numpy() for k, v in msg.content.array_records["arrays"].items()},
+        records=cohort_id(records),
     )
-    with HolderPrivacy.locked(
-        Path(str(context.node_config.get("ledger-dir", ledger_dir))),
-        fingerprint=fingerprint,
-        delta=budget.delta if budget else privacy.delta,
-        accountant=privacy.accountant,
-        holder=f"client {client}",
-    ) as state:
-        if budget is not None and key not in state.released:
-            event = release_event(
-                mechanism="dpsgd",
+    try:
+        with HolderPrivacy.locked(
+            ledger_dir,
+            delta=budget.delta if budget else privacy.delta,
+            accountant=privacy.accountant,
+        ) as state:
+            if budget is not None and state.ledger.release(key) is None:
+                try:
+                    state.check(
+                        budget,
+                        records=records,
+                        noise_multiplier=plan.noise_multiplier,
+                        steps=plan.steps,
+                        sample_rate=plan.sample_rate,
+                    )
+                except BudgetExceeded as exc:
+                    log.warning("round %d refused: %s", server_round, exc)
+                    first = " (the budget is smaller than one round)" if exc.spent == 0 else ""
+                    return _error(
+                        msg,
+                        ErrorCode.BUDGET,
+                        "privacy budget: this round would take some of this holder's records "
+                        f"past the holder's ε budget{first}; the round is refused",
+                    )
+            train_dp_sgd(model, train_set, cfg.train, plan=plan, generator=state.sampler(key))
+            entry = state.record(
+                key,
+                run=run.hexdigest(),
+                round=server_round,
+                records=records,
                 noise_multiplier=plan.noise_multiplier,
+                clipping_norm=plan.max_grad_norm,
                 steps=plan.steps,
                 sample_rate=plan.sample_rate,
             )
-            try:
-                budget.check(state.ledger, event)
-            except BudgetExceeded as exc:
-                first = " (the budget is smaller than one round)" if not len(state.ledger) else ""
-                return _error(msg, ErrorCode.BUDGET, f"{exc}{first}")
-        train_dp_sgd(model, train_set, cfg.train, plan=plan, generator=state.generator(key))
-        entry = state.record(
-            key,
-            round=server_round,
-            mechanism="dpsgd",
-            noise_multiplier=plan.noise_multiplier,
-            clipping_norm=plan.max_grad_norm,
-            steps=plan.steps,
-            sample_rate=plan.sample_rate,
+            delta = state.ledger.delta
+    except LedgerError as exc:
+        log.error("privacy ledger: %s", exc)
+        return _error(
+            msg,
+            ErrorCode.BUDGET,
+            "privacy ledger: this holder's ledger is missing or unreadable, so no round is "
+            "trained (the holder's log says how to recover)",
         )
     # Only ε and δ leave the holder: the sampling rate (batch / n), the step count
     # and the calibrated σ are functions of the record count n, which is private.
     report = ConfigRecord(
         {
             "client": str(client),
-            "epsilon": entry.cumulative_epsilon,
-            "round-epsilon": entry.epsilon,
-            "delta": entry.delta,
+            "epsilon": entry.epsilon,
+            "round-epsilon": entry.round_epsilon,
+            "delta": delta,
         }
     )
     metrics = MetricRecord({EXAMPLES_KEY: 1})
@@ -296,7 +320,7 @@ def make_client_app(
 
     def _prepare(
         msg: Message, context: Context
-    ) -> tuple[RunConfig, nn.Module, Dataset, Dataset, int, str] | Message:
+    ) -> tuple[RunConfig, nn.Module, Dataset, Dataset, int] | Message:
         torch.set_num_threads(1)  # simulated clients share two cores
         config = msg.content.config_records.get("config")
         try:
@@ -324,15 +348,7 @@ def make_client_app(
             model.load_state_dict(arrays.to_torch_state_dict(), strict=True)
         except (RuntimeError, ValueError, KeyError) as exc:
             return _error(msg, ErrorCode.MODEL, f"global model does not fit the local one: {exc}")
-        # The ledger follows the holder's file (whatever schema a server sends),
-        # or, for in-memory data, the records themselves.
-        path = context.node_config.get("data-path")
-        fingerprint = (
-            hashlib.sha256(f"file:{Path(str(path)).resolve()}".encode()).hexdigest()
-            if path
-            else data_fingerprint(local)
-        )
-        return cfg, model, train_set, val_set, client, fingerprint
+        return cfg, model, train_set, val_set, client
 
     # Outermost first: the holder signs what it sends, which the secure mod
     # protected after the DP mod clipped and noised it.
@@ -341,7 +357,7 @@ def make_client_app(
         prepared = _prepare(msg, context)
         if isinstance(prepared, Message):
             return prepared
-        cfg, model, train_set, _, client, fingerprint = prepared
+        cfg, model, train_set, _, client = prepared
         budget = _budget(context, cfg, simulated=simulated)
         if budget is not None and not cfg.privacy.local_dp:
             return _error(
@@ -358,8 +374,7 @@ def make_client_app(
                 model,
                 train_set,
                 client,
-                fingerprint,
-                Path(ledger_dir) if ledger_dir is not None else default_ledger_dir(),
+                _ledger_dir(context, ledger_dir, client=client, simulated=simulated),
                 budget,
             )
         server_round = int(cast(int, msg.content.config_records["config"]["server-round"]))
@@ -382,7 +397,7 @@ def make_client_app(
         prepared = _prepare(msg, context)
         if isinstance(prepared, Message):
             return prepared
-        cfg, model, train_set, val_set, _, _ = prepared
+        cfg, model, train_set, val_set, _ = prepared
         if cfg.privacy.local_dp:
             return _error(
                 msg,

@@ -15,8 +15,9 @@ from fedlearn.server_app import RoundCallback
 
 if TYPE_CHECKING:
     from fedlearn.demo import HolderClaim
+    from fedlearn.privacy.holder import DataSpending
 
-__all__ = ["claims_table", "contribution_table", "round_progress", "round_table"]
+__all__ = ["budget_table", "claims_table", "contribution_table", "round_progress", "round_table"]
 
 
 def _fmt(value: float | None, spec: str = ".4f") -> str:
@@ -141,4 +142,28 @@ def claims_table(claims: Sequence[HolderClaim]) -> Table:
         table.add_column(name, justify="right")
     for row in rows:
         table.add_row(*(str(value) for value in row.values()))
+    return table
+
+
+def budget_table(
+    spending: DataSpending, *, data: str, epsilon_budget: float | None = None
+) -> Table:
+    """A holder's spending on one file's records: one row per release, then the total."""
+    table = Table(title=f"privacy spent on {data} ({spending.records} records)")
+    for name in ("run", "round", "records used", "ε of the round", "ε after (max record)"):
+        table.add_column(name, justify="left" if name == "run" else "right")
+    for release, used in spending.releases:
+        table.add_row(
+            release.run[:12],
+            str(release.round),
+            str(used),
+            _fmt(release.round_epsilon),
+            _fmt(release.epsilon),
+        )
+    delta = "" if not spending.releases else f" at δ = {spending.delta:g}"
+    table.caption = f"spent: ε = {spending.spent:.4f}{delta} (the most any record has spent)"
+    if epsilon_budget is not None:
+        table.caption += (
+            f"; remaining of ε = {epsilon_budget:g}: {epsilon_budget - spending.spent:.4f}"
+        )
     return table

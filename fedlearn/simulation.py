@@ -17,7 +17,7 @@ from flwr.app import Context
 from flwr.serverapp.strategy import Strategy
 from flwr.simulation import run_simulation
 
-from fedlearn.attestation.client_mod import simulated_wallet
+from fedlearn.attestation.client_mod import simulated_wallet, wallet_secret
 from fedlearn.client_app import (
     DataProvider,
     ModelFactory,
@@ -102,7 +102,7 @@ def simulate(
 
     Notes
     -----
-    Simulated data holders keep their privacy ledgers in ``RUN_DIR/holders``.
+    Simulated data holders keep their privacy ledgers in ``RUN_DIR/holders/holder-N``.
     """
     run_dir = Path(run_dir).resolve()
     if partitions is not None and len(partitions) != cfg.federation.clients:
@@ -130,7 +130,7 @@ def simulate(
         model_fn=model_fn,
         ledger_dir=run_dir / "holders",
         simulated=True,
-        wallet=functools.partial(simulated_wallet, run_dir / "holders" / "wallets.secret"),
+        wallet=functools.partial(simulated_wallet, wallet_secret(run_dir)),
     )
     flwr_logger = logging.getLogger("flwr")
     previous_level = flwr_logger.level

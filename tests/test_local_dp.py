@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,11 +15,12 @@ from torch import nn
 
 from fedlearn.client_app import default_model, make_client_app
 from fedlearn.config import RunConfig, TrainConfig
-from fedlearn.data import Dataset, write_csv
-from fedlearn.privacy import PrivacyLedger, UnsupportedLayerError, check_dp_compatible
-from fedlearn.privacy.holder import HolderPrivacy
+from fedlearn.data import Dataset, load_file, schema_for, write_csv
+from fedlearn.privacy import UnsupportedLayerError, check_dp_compatible, release_event
+from fedlearn.privacy.holder import HolderPrivacy, LedgerMissingError
 from fedlearn.privacy.local_dp import DPSGDPlan, plan_dp_sgd, train_dp_sgd
 from fedlearn.privacy.noise import GaussianSampler
+from fedlearn.privacy.records import RecordLedger, record_fingerprints
 from fedlearn.wire import CONFIG_KEY, EXAMPLES_KEY, PRIVACY_KEY, ErrorCode
 from tests.flower_messages import instruction
 
@@ -153,9 +155,12 @@ def _train(node: dict, server_round: int, arrays: ArrayRecord, cfg: RunConfig = 
     return make_client_app()(msg, context)
 
 
-def _ledger(node: dict) -> PrivacyLedger:
-    (path,) = Path(node["ledger-dir"]).glob("*.json")
-    return HolderPrivacy.open(path.parent, fingerprint=path.stem, delta=1e-5).ledger
+def _ledger(node: dict) -> RecordLedger:
+    return HolderPrivacy.open(node["ledger-dir"], delta=1e-5).ledger
+
+
+def _records(node: dict) -> frozenset[str]:
+    return record_fingerprints(load_file(node["data-path"], schema_for(CFG.data)))
 
 
 def test_client_refuses_exactly_the_round_that_would_overspend(holder: dict) -> None:
@@ -163,25 +168,23 @@ def test_client_refuses_exactly_the_round_that_would_overspend(holder: dict) -> 
     first = _train(holder, 1, arrays)
     assert not first.has_error(), first.error
     per_round = first.content[PRIVACY_KEY]["round-epsilon"]
-    two_rounds = _ledger(holder)
-    (entry,) = two_rounds.entries  # the plan stays on the holder: read it from its ledger
-    two_rounds.record(
-        round=2,
+    (entry,) = _ledger(holder).releases  # the plan stays on the holder: read it from its ledger
+    event = release_event(
         mechanism="dpsgd",
-        noise_multiplier=1.0,
-        clipping_norm=1.0,
+        noise_multiplier=entry.noise_multiplier,
         steps=entry.steps,
         sample_rate=entry.sample_rate,
     )
-    budget = two_rounds.spent_epsilon() + 1e-9  # room for exactly two rounds
+    budget = _ledger(holder).spent_if(_records(holder), event) + 1e-9  # room for two rounds
     node = {**holder, "epsilon-budget": budget}
     assert not _train(node, 2, arrays).has_error()
     refused = _train(node, 3, arrays)
     assert refused.has_error() and refused.error.code == ErrorCode.BUDGET
-    assert "privacy budget exceeded" in refused.error.reason
+    assert "privacy budget" in refused.error.reason
+    assert not re.search(r"\d\.\d", refused.error.reason)  # the rule, never the holder's ε
     ledger = _ledger(holder)
-    assert len(ledger) == 2 and ledger.spent_epsilon() <= budget
-    assert ledger.entries[0].epsilon == pytest.approx(per_round)
+    assert len(ledger.releases) == 2 and ledger.spent(_records(holder)) <= budget
+    assert ledger.releases[0].round_epsilon == pytest.approx(per_round)
 
 
 def test_budget_smaller_than_one_round_is_refused_before_training(holder: dict) -> None:
@@ -190,7 +193,7 @@ def test_budget_smaller_than_one_round_is_refused_before_training(holder: dict) 
     )
     assert reply.error.code == ErrorCode.BUDGET
     assert "smaller than one round" in reply.error.reason
-    assert not list(Path(holder["ledger-dir"]).glob("*.json"))  # nothing was released
+    assert not _ledger(holder).releases  # nothing was released
 
 
 def test_a_repeated_request_gets_the_identical_update_and_is_accounted_once(holder: dict) -> None:
@@ -201,12 +204,12 @@ def test_a_repeated_request_gets_the_identical_update_and_is_accounted_once(hold
         np.testing.assert_array_equal(
             first.content["arrays"][key].numpy(), again.content["arrays"][key].numpy()
         )
-    assert len(_ledger(holder)) == 1
+    assert len(_ledger(holder).releases) == 1
     other_model = ArrayRecord(
         default_model(CFG).state_dict()
     )  # a different global model: a new release
     _train(holder, 1, other_model)
-    assert len(_ledger(holder)) == 2
+    assert len(_ledger(holder).releases) == 2
 
 
 def test_the_ledger_persists_across_runs_on_the_same_data(holder: dict) -> None:
@@ -215,8 +218,100 @@ def test_the_ledger_persists_across_runs_on_the_same_data(holder: dict) -> None:
     other_run = CFG.with_overrides(federation={"seed": 7})
     _train(holder, 1, arrays, other_run)
     ledger = _ledger(holder)
-    assert len(ledger) == 2
-    assert ledger.spent_epsilon() > ledger.entries[0].epsilon
+    assert len(ledger.releases) == 2
+    assert ledger.spent(_records(holder)) > ledger.releases[0].epsilon
+
+
+# --------------------------------------------------------------------------- records, not files
+
+
+def _spent_after_one_round(node: dict, path: Path) -> float:
+    """Train one round on ``path`` under ``node``'s ledger; the ε the holder reports."""
+    reply = _train(
+        {**node, "data-path": str(path)}, 1, ArrayRecord(default_model(CFG).state_dict())
+    )
+    assert not reply.has_error(), reply.error
+    return float(reply.content[PRIVACY_KEY]["epsilon"])
+
+
+def _rows(path: Path) -> list[str]:
+    header, *rows = path.read_text().splitlines()
+    return [header, *rows]
+
+
+def test_a_copied_renamed_or_reexported_file_is_charged_as_the_same_records(
+    holder: dict, tmp_path: Path
+) -> None:
+    original = Path(holder["data-path"])
+    once = _spent_after_one_round(holder, original)
+    header, *rows = _rows(original)
+    copy = tmp_path / "elsewhere" / "renamed export.csv"
+    copy.parent.mkdir()
+    reordered = list(reversed(rows))
+    # Shuffled rows and other number formatting: the same float32 values.
+    reformatted = [
+        ",".join(f"{float(v):.9e}" if i < 4 else v for i, v in enumerate(row.split(",")))
+        for row in reordered
+    ]
+    copy.write_text("\n".join([header, *reformatted]) + "\n")
+    twice = _spent_after_one_round(holder, copy)  # a new release on the same records
+    assert twice > once
+    assert _ledger(holder).spent(_records({**holder, "data-path": str(copy)})) == pytest.approx(
+        twice
+    )
+
+
+def test_appended_rows_inherit_the_old_rows_spending_and_an_edited_row_is_fresh(
+    holder: dict, tmp_path: Path
+) -> None:
+    original = Path(holder["data-path"])
+    once = _spent_after_one_round(holder, original)
+    header, *rows = _rows(original)
+    appended = tmp_path / "appended.csv"
+    appended.write_text("\n".join([header, *rows, "9.5,9.5,9.5,9.5,yes"]) + "\n")
+    node = {**holder, "data-path": str(appended)}
+    ledger = _ledger(holder)
+    new_row = _records(node) - _records(holder)
+    assert len(new_row) == 1
+    assert ledger.spent(_records(node)) == pytest.approx(once)  # the old rows' spending
+    assert ledger.spent(new_row) == 0.0
+    edited = tmp_path / "edited.csv"
+    first = rows[0].split(",")
+    first[0] = "123.25"
+    edited.write_text("\n".join([header, ",".join(first), *rows[1:]]) + "\n")
+    edited_records = _records({**holder, "data-path": str(edited)})
+    assert len(edited_records - _records(holder)) == 1
+    # A budget that fits exactly one round: the appended and the edited file are
+    # both refused (their old rows spent it), a file of only new rows is not.
+    budget = {"epsilon-budget": once + 1e-9}
+    for path in (appended, edited):
+        reply = _train(
+            {**holder, **budget, "data-path": str(path)},
+            2,
+            ArrayRecord(default_model(CFG).state_dict()),
+        )
+        assert reply.has_error() and reply.error.code == ErrorCode.BUDGET
+    fresh = tmp_path / "fresh.csv"
+    # As many rows as the original (the same plan, so the same ε per round), all new.
+    new_rows = [f"{i}.5,1,2,3,{'yes' if i % 2 else 'no'}" for i in range(len(rows))]
+    fresh.write_text("\n".join([header, *new_rows]) + "\n")
+    assert _spent_after_one_round({**holder, **budget}, fresh) == pytest.approx(once)
+
+
+def test_a_deleted_ledger_fails_closed_and_says_how_to_recover(holder: dict) -> None:
+    _spent_after_one_round(holder, Path(holder["data-path"]))
+    (Path(holder["ledger-dir"]) / "records.json").unlink()
+    reply = _train(holder, 2, ArrayRecord(default_model(CFG).state_dict()))
+    assert reply.has_error() and reply.error.code == ErrorCode.BUDGET
+    assert "ledger is missing" in reply.error.reason
+    with pytest.raises(LedgerMissingError, match="Restore the ledger"):
+        HolderPrivacy.open(holder["ledger-dir"], delta=1e-5)
+
+
+def test_under_local_dp_the_reply_does_not_reveal_the_record_count(holder: dict) -> None:
+    reply = _train(holder, 1, ArrayRecord(default_model(CFG).state_dict()))
+    report = dict(reply.content[PRIVACY_KEY])
+    assert set(report) == {"client", "epsilon", "round-epsilon", "delta"}
 
 
 def test_facade_refuses_an_unsupported_model_eagerly() -> None:

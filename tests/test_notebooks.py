@@ -131,7 +131,7 @@ def test_03_privacy_utility_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     runs = tmp_path / "work" / "runs" / "privacy_utility"
     assert sorted(p.name for p in runs.iterdir()) == ["eps-1", "eps-8", "eps-inf"]
     for name in ("eps-1", "eps-8"):
-        assert len(list((runs / name / "holders").glob("*.json"))) == 4
+        assert len(list((runs / name / "holders").glob("holder-*/records.json"))) == 4
 
 
 @pytest.mark.slow

@@ -154,28 +154,35 @@ class RecordLedger:
             counts[tuple(history)] = counts.get(tuple(history), 0) + 1
         return counts
 
-    def _epsilon(self, events: list[dp_accounting.DpEvent]) -> float:
+    def _epsilon(self, events: list[dp_accounting.DpEvent], delta: float | None = None) -> float:
         if not events:
             return 0.0
         return epsilon(
-            dp_accounting.ComposedDpEvent(events), delta=self.delta, accountant=self.accountant
+            dp_accounting.ComposedDpEvent(events),
+            delta=self.delta if delta is None else delta,
+            accountant=self.accountant,
         )
 
-    def spent(self, records: Iterable[str]) -> float:
-        """The largest ε any of ``records`` has spent so far (0 for fresh records)."""
+    def spent(self, records: Iterable[str], *, delta: float | None = None) -> float:
+        """The largest ε any of ``records`` has spent so far (0 for fresh records).
+
+        ``delta`` defaults to the ledger's own (e.g. a budget stated at another δ).
+        """
         return max(
             (
-                self._epsilon([self.releases[i].event() for i in history])
+                self._epsilon([self.releases[i].event() for i in history], delta)
                 for history in self.histories(records)
             ),
             default=0.0,
         )
 
-    def spent_if(self, records: Iterable[str], event: dp_accounting.DpEvent) -> float:
+    def spent_if(
+        self, records: Iterable[str], event: dp_accounting.DpEvent, *, delta: float | None = None
+    ) -> float:
         """The largest ε any of ``records`` would have after also releasing ``event``."""
         return max(
             (
-                self._epsilon([*(self.releases[i].event() for i in history), event])
+                self._epsilon([*(self.releases[i].event() for i in history), event], delta)
                 for history in self.histories(records)
             ),
             default=0.0,
