@@ -292,14 +292,14 @@ def _centralized_accuracy(
 def _holders_claim(*, run_dir: Path, clients: int, rounds: int) -> tuple[HolderClaim, ...]:
     """Each simulated holder verifies its records against the chain and claims its reward."""
     from fedlearn.attestation.bundle import claim_rewards, verify_bundles
-    from fedlearn.attestation.client_mod import partition_wallet
+    from fedlearn.attestation.client_mod import partition_wallet, wallet_secret
     from fedlearn.attestation.session import run_contracts
 
     chain, contracts = run_contracts(run_dir)
     claims = []
     try:
         for partition in range(clients):
-            account = partition_wallet(run_dir / "holders" / "wallets.secret", partition=partition)
+            account = partition_wallet(wallet_secret(run_dir), partition=partition)
             report = verify_bundles(run_dir=run_dir, address=account.address, contracts=contracts)
             chain.ensure_gas(account.address)
             claimed = claim_rewards(run_dir=run_dir, account=account, contracts=contracts)

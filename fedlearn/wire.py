@@ -13,7 +13,8 @@ server → client
     ``ConfigRecord "config"``: :data:`CONFIG_KEY` (the run config as JSON),
     :data:`SECURE_MODE_KEY`, :data:`SECURE_UNIFORM_KEY`, :data:`SECURE_MAX_EXAMPLES_KEY`,
     :data:`SECURE_SCALE_KEY` (secure rounds), :data:`DP_CLIP_KEY`, :data:`DP_NOISE_KEY`
-    (central DP), :data:`ATTEST_RUN_ID_KEY` (attested runs).
+    (central DP), :data:`ATTEST_RUN_ID_KEY`, :data:`ATTEST_CHAIN_ID_KEY`,
+    :data:`ATTEST_LEDGER_KEY` (attested runs).
 client → server
     ``ArrayRecord "arrays"`` (plaintext) or :data:`SECURE_BLOBS` (protected);
     ``MetricRecord "metrics"`` with :data:`EXAMPLES_KEY` (the weight Flower's
@@ -41,6 +42,8 @@ from enum import IntEnum, StrEnum
 
 __all__ = [
     "ATTESTATION_KEY",
+    "ATTEST_CHAIN_ID_KEY",
+    "ATTEST_LEDGER_KEY",
     "ATTEST_RUN_ID_KEY",
     "CONFIG_KEY",
     "DP_CLIP_KEY",
@@ -80,6 +83,10 @@ DP_CLIP_KEY = "dp-clipping-norm"
 DP_NOISE_KEY = "dp-noise-std"
 #: Attestation: the run id (hex) clients bind into their signed commitment.
 ATTEST_RUN_ID_KEY = "attest-run-id"
+#: Attestation: the id of the chain the run attests on (EIP-712 ``chainId`` of the signature).
+ATTEST_CHAIN_ID_KEY = "attest-chain-id"
+#: Attestation: the run's AttestationLedger address (EIP-712 ``verifyingContract``).
+ATTEST_LEDGER_KEY = "attest-ledger"
 
 # --- round messages, client -> server -------------------------------------------------
 #: Example count (the weight Flower's strategies read through ``weighted_by_key``).

@@ -38,6 +38,7 @@ from fedlearn.attestation.signing import (
     PASSWORD_ENV,
     SignatureError,
     SignedCommitment,
+    SigningDomain,
     WalletError,
     check_signed_commitment,
     load_wallet,
@@ -299,16 +300,25 @@ def test_amounts_never_exceed_budget_and_lose_less_than_one_unit_each(
 # ---------------------------------------------------------------- signing
 
 
+CHAIN_A, CHAIN_B = 31337, 1
+LEDGER_X = to_checksum_address("0x" + "11" * 20)
+LEDGER_Y = to_checksum_address("0x" + "22" * 20)
+DOMAIN = SigningDomain(chain_id=CHAIN_A, ledger=LEDGER_X)
+
+
 def test_sign_and_check_commitment() -> None:
     account = Account.create()
     run_id = run_id_from_name("run")
     payload = b"exact bytes the client sent"
-    signed = SignedCommitment.create(account=account, run_id=run_id, round=4, payload=payload)
+    signed = SignedCommitment.create(
+        account=account, domain=DOMAIN, run_id=run_id, round=4, payload=payload
+    )
     again = SignedCommitment.from_dict(json.loads(json.dumps(signed.to_dict())))
     assert again == signed
     assert (
         check_signed_commitment(
             signed=again,
+            domain=DOMAIN,
             run_id=run_id,
             expected_round=4,
             payload=payload,
@@ -318,22 +328,114 @@ def test_sign_and_check_commitment() -> None:
     )
     assert (
         verify_commitment(
-            run_id=run_id, round=4, commitment=keccak(payload), signature=signed.signature
+            domain=DOMAIN,
+            run_id=run_id,
+            round=4,
+            commitment=keccak(payload),
+            signature=signed.signature,
         )
         == account.address
     )
+
+
+def test_the_signed_digest_is_eip712_with_chain_id_and_verifying_contract() -> None:
+    """The digest, computed here from the EIP-712 text, is what the signature recovers from."""
+    from eth_keys import keys
+
+    account = Account.create()
+    run_id, commitment = run_id_from_name("run"), keccak(b"update")
+    signature = sign_commitment(
+        account=account, domain=DOMAIN, run_id=run_id, round=7, commitment=commitment
+    )
+    domain_type = keccak(
+        b"EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
+    )
+    separator = keccak(
+        encode(
+            ["bytes32", "bytes32", "bytes32", "uint256", "address"],
+            [domain_type, keccak(b"fedlearn"), keccak(b"1"), CHAIN_A, LEDGER_X],
+        )
+    )
+    struct_type = keccak(b"UpdateCommitment(bytes32 runId,uint64 round,bytes32 commitment)")
+    struct = keccak(
+        encode(["bytes32", "bytes32", "uint64", "bytes32"], [struct_type, run_id, 7, commitment])
+    )
+    digest = keccak(b"\x19\x01" + separator + struct)
+    v = signature[64] - 27 if signature[64] >= 27 else signature[64]
+    recovered = keys.Signature(signature[:64] + bytes([v])).recover_public_key_from_msg_hash(digest)
+    assert recovered.to_checksum_address() == account.address
+
+
+def test_a_commitment_signed_for_chain_a_and_ledger_x_is_refused_elsewhere() -> None:
+    """The operator replays a holder's signature into a run on another chain or ledger."""
+    account = Account.create()
+    run_id = run_id_from_name("run")
+    payload = b"update"
+    signed = SignedCommitment.create(
+        account=account, domain=DOMAIN, run_id=run_id, round=1, payload=payload
+    )
+    check = {"run_id": run_id, "expected_round": 1, "payload": payload}
+    chain_b = SigningDomain(chain_id=CHAIN_B, ledger=LEDGER_X)
+    ledger_y = SigningDomain(chain_id=CHAIN_A, ledger=LEDGER_Y)
+    with pytest.raises(SignatureError, match="signed for chain 31337, this run attests on chain 1"):
+        check_signed_commitment(signed=signed, domain=chain_b, **check)  # type: ignore[arg-type]
+    with pytest.raises(SignatureError, match=f"signed for ledger {LEDGER_X}"):
+        check_signed_commitment(signed=signed, domain=ledger_y, **check)  # type: ignore[arg-type]
+    # Relabelling the domain the record claims does not help: the server verifies in its own.
+    for other in (chain_b, ledger_y):
+        relabelled = SignedCommitment.from_dict(
+            signed.to_dict() | {"chain_id": other.chain_id, "ledger": other.ledger}
+        )
+        with pytest.raises(SignatureError, match="does not recover"):
+            check_signed_commitment(signed=relabelled, domain=other, **check)  # type: ignore[arg-type]
+        assert (
+            verify_commitment(
+                domain=other,
+                run_id=run_id,
+                round=1,
+                commitment=signed.commitment,
+                signature=signed.signature,
+            )
+            != account.address
+        )
+    # ... and in its own domain it still checks out.
+    assert check_signed_commitment(signed=signed, domain=DOMAIN, **check) == account.address  # type: ignore[arg-type]
+
+
+def test_a_signing_domain_is_a_chain_id_and_a_contract_address() -> None:
+    for chain_id in (0, -1, True, "1", 2**256):
+        with pytest.raises(ValueError, match="chain_id"):
+            SigningDomain(chain_id=chain_id, ledger=LEDGER_X)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="ledger"):
+        SigningDomain(chain_id=1, ledger="0x1234")
+    assert SigningDomain(chain_id=1, ledger=LEDGER_X.lower()).ledger == LEDGER_X
+    with pytest.raises(SignatureError, match="malformed"):
+        SignedCommitment.from_dict(
+            SignedCommitment.create(
+                account=Account.create(), domain=DOMAIN, run_id=b"\0" * 32, round=0, payload=b""
+            ).to_dict()
+            | {"chain_id": "31337"}
+        )
 
 
 def test_replays_and_forgeries_are_rejected() -> None:
     account, other = Account.create(), Account.create()
     run_id = run_id_from_name("run")
     payload = b"update of round 3"
-    old = SignedCommitment.create(account=account, run_id=run_id, round=3, payload=payload)
-    check = {"run_id": run_id, "payload": payload, "expected_address": account.address}
+    old = SignedCommitment.create(
+        account=account, domain=DOMAIN, run_id=run_id, round=3, payload=payload
+    )
+    check = {
+        "domain": DOMAIN,
+        "run_id": run_id,
+        "payload": payload,
+        "expected_address": account.address,
+    }
     with pytest.raises(SignatureError, match="round 3, expected round 4"):
         check_signed_commitment(signed=old, expected_round=4, **check)  # type: ignore[arg-type]
     # relabelling the round does not help: the signature covers it
     relabelled = SignedCommitment(
+        domain=DOMAIN,
         run_id=run_id,
         round=4,
         commitment=old.commitment,
@@ -345,15 +447,19 @@ def test_replays_and_forgeries_are_rejected() -> None:
     with pytest.raises(SignatureError, match="another run"):
         check_signed_commitment(
             signed=old,
+            domain=DOMAIN,
             run_id=run_id_from_name("other run"),
             expected_round=3,
             payload=payload,
         )
     with pytest.raises(SignatureError, match="does not match the bytes"):
-        check_signed_commitment(signed=old, run_id=run_id, expected_round=3, payload=payload + b"!")
+        check_signed_commitment(
+            signed=old, domain=DOMAIN, run_id=run_id, expected_round=3, payload=payload + b"!"
+        )
     with pytest.raises(SignatureError, match="registered address"):
         check_signed_commitment(
             signed=old,
+            domain=DOMAIN,
             run_id=run_id,
             expected_round=3,
             payload=payload,
@@ -361,11 +467,14 @@ def test_replays_and_forgeries_are_rejected() -> None:
         )
     # someone else's signature under this client's name
     stolen = SignedCommitment(
+        domain=DOMAIN,
         run_id=run_id,
         round=3,
         commitment=old.commitment,
         signer=account.address,
-        signature=sign_commitment(account=other, run_id=run_id, round=3, commitment=old.commitment),
+        signature=sign_commitment(
+            account=other, domain=DOMAIN, run_id=run_id, round=3, commitment=old.commitment
+        ),
     )
     with pytest.raises(SignatureError, match="does not recover"):
         check_signed_commitment(signed=stolen, expected_round=3, **check)  # type: ignore[arg-type]

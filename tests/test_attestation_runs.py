@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import functools
 import json
+import shutil
+import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +21,8 @@ from flwr.app import Context, Message
 
 from fedlearn.attestation.bundle import claim_rewards, verify_client
 from fedlearn.attestation.chain import Contracts, EmbeddedChain
-from fedlearn.attestation.client_mod import partition_wallet, simulated_wallet
-from fedlearn.attestation.session import TOKEN_DECIMALS
+from fedlearn.attestation.client_mod import partition_wallet, simulated_wallet, wallet_secret
+from fedlearn.attestation.session import PUBLIC_ARTIFACTS, TOKEN_DECIMALS, coordinator_account
 from fedlearn.client_app import make_client_app
 from fedlearn.config import RunConfig
 from fedlearn.history import History
@@ -50,19 +53,28 @@ def _run(
     *,
     handlers: dict[int, Handler] | None = None,
     drop: DropRule | None = None,
+    resume: bool = False,
+    on_round: Callable[[Any], None] | None = None,
 ) -> History:
     app = make_client_app(
         simulated=True,
         ledger_dir=run_dir / "holders",
-        wallet=functools.partial(simulated_wallet, run_dir / "holders" / "wallets.secret"),
+        wallet=functools.partial(simulated_wallet, wallet_secret(run_dir)),
     )
     grid = LoopbackGrid({node: app for node in NODES} | (handlers or {}), drop=drop)
     with serverapp_identity():
-        return run_federation(grid, cfg=cfg, run_dir=run_dir, test_set=server_test_set(cfg))
+        return run_federation(
+            grid,
+            cfg=cfg,
+            run_dir=run_dir,
+            test_set=server_test_set(cfg),
+            resume=resume,
+            on_round=on_round,
+        )
 
 
 def _wallet(run_dir: Path, partition: int) -> Any:
-    return partition_wallet(run_dir / "holders" / "wallets.secret", partition=partition)
+    return partition_wallet(wallet_secret(run_dir), partition=partition)
 
 
 def _contracts(run_dir: Path) -> tuple[EmbeddedChain, Contracts]:
@@ -133,7 +145,7 @@ def test_a_replayed_signature_from_an_earlier_round_is_rejected(tmp_path: Path) 
     app = make_client_app(
         simulated=True,
         ledger_dir=run_dir / "holders",
-        wallet=functools.partial(simulated_wallet, run_dir / "holders" / "wallets.secret"),
+        wallet=functools.partial(simulated_wallet, wallet_secret(run_dir)),
     )
     first_reply: dict[str, Message] = {}
 
@@ -151,6 +163,128 @@ def test_a_replayed_signature_from_an_earlier_round_is_rejected(tmp_path: Path) 
     assert len(first.contributions) == CLIENTS
     assert "204" in second.rejected and "round" in second.rejected["204"]
     assert len(second.contributions) == CLIENTS - 1
+
+
+def test_a_signature_for_one_chain_and_ledger_is_refused_in_a_run_on_another(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The operator replays holder 204's signed reply of run A (chain A, ledger X) into
+    run B (chain B, the same ledger address X) and run C (chain A, ledger Y), both started
+    under run A's own id: the same run id, round and bytes, only the domain differs."""
+    from eth_account import Account
+
+    from fedlearn.attestation.chain import Deployment
+
+    monkeypatch.setenv("FEDLEARN_COORDINATOR_KEY", Account.create().key.hex())
+    cfg = _config(federation={"rounds": 1})
+    run_a = tmp_path / "a"
+    app = make_client_app(
+        simulated=True,
+        ledger_dir=run_a / "holders",
+        wallet=functools.partial(simulated_wallet, wallet_secret(run_a)),
+    )
+    signed: dict[str, Message] = {}
+
+    def recording(msg: Message, context: Context) -> Message:
+        reply = app(msg, context)
+        if msg.metadata.message_type == "train":
+            signed["reply"] = reply
+        return reply
+
+    def replaying(msg: Message, context: Context) -> Message:
+        if msg.metadata.message_type != "train":
+            return app(msg, context)
+        return Message(signed["reply"].content, reply_to=msg)
+
+    honest = _run(run_a, cfg, handlers={204: recording})
+    assert len(honest.rounds[0].contributions) == CLIENTS  # the honest run attests everyone
+    a = Deployment.load(run_a / "attestations" / "deployment.json")
+    run_id = (run_a / "attestations" / "run-id").read_text()
+
+    def replay_into(run_dir: Path, cfg: RunConfig) -> tuple[Deployment, History]:
+        (run_dir / "attestations").mkdir(parents=True)
+        (run_dir / "attestations" / "run-id").write_text(run_id)  # the operator reuses A's id
+        history = _run(run_dir, cfg, handlers={204: replaying}, resume=True)
+        return Deployment.load(run_dir / "attestations" / "deployment.json"), history
+
+    node = Anvil(tmp_path, state=tmp_path / "anvil-state.json")
+    node.start()
+    try:
+        b, on_chain_b = replay_into(
+            tmp_path / "b",
+            _config(
+                federation={"rounds": 1},
+                attestation={"chain": node.url, "chain-dev-faucet": True},
+            ),
+        )
+    finally:
+        node.stop()
+    assert b.chain_id != a.chain_id and b.ledger == a.ledger  # same coordinator, same nonce
+    monkeypatch.setenv("FEDLEARN_COORDINATOR_KEY", Account.create().key.hex())
+    c, on_ledger_y = replay_into(tmp_path / "c", cfg)
+    assert c.chain_id == a.chain_id and c.ledger != a.ledger
+    for history, reason in ((on_chain_b, "signed for chain"), (on_ledger_y, "signed for ledger")):
+        (record,) = history.rounds
+        assert reason in record.rejected["204"], record.rejected
+        assert len(record.contributions) == CLIENTS - 1
+        assert all(
+            c["address"] != signed["reply"].content["attestation"]["signer"]
+            for c in record.contributions.values()
+        )
+
+
+def _assert_holds_no_secret(public: Path, secrets: Path) -> None:
+    """No file under ``public`` contains any secret's bytes (raw or as hex text)."""
+    needles = []
+    for secret in secrets.rglob("*"):
+        if secret.is_file():
+            raw = secret.read_bytes()
+            needles += [raw.strip(), raw.hex().encode()]
+    assert len(needles) >= 4  # the coordinator key and the wallets' seed at least
+    for path in public.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes().lower()
+            assert not any(n.lower() in data for n in needles), path
+
+
+def test_secrets_live_apart_private_and_a_resumed_run_finds_them(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    cfg = _config()
+
+    def crash_after_round_one(record: Any) -> None:
+        raise RuntimeError("the server dies after round 1")
+
+    with pytest.raises(RuntimeError, match="dies"):
+        _run(run_dir, cfg, on_round=crash_after_round_one)
+    secrets = run_dir / "secrets"
+    assert sorted(p.name for p in secrets.iterdir()) == ["coordinator.key", "wallets.secret"]
+    assert stat.S_IMODE(secrets.stat().st_mode) == 0o700
+    for secret in secrets.iterdir():
+        assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert not list((run_dir / "chain").glob("*.key"))
+    assert not (run_dir / "holders" / "wallets.secret").exists()
+    _assert_holds_no_secret(run_dir / "attestations", secrets)
+    _assert_holds_no_secret(run_dir / "chain", secrets)
+
+    # A run made before secrets/ existed kept them in the public folders; resuming
+    # moves them out. The resumed run attests round 2 with the same coordinator (a
+    # new key would not match the deployment) and its holders sign with the same wallets.
+    key, seed = (secrets / "coordinator.key").read_bytes(), (secrets / "wallets.secret")
+    addresses = {_wallet(run_dir, p).address for p in range(CLIENTS)}
+    (secrets / "coordinator.key").rename(run_dir / "chain" / "coordinator.key")
+    (run_dir / "holders").mkdir(exist_ok=True)
+    seed.rename(run_dir / "holders" / "wallets.secret")
+    resumed = _run(run_dir, cfg, resume=True)
+    assert [r.round for r in resumed.rounds] == [1, 2]
+    assert resumed.rounds[-1].attestation["confirmed"], resumed.rounds[-1].attestation
+    assert {c["address"] for c in resumed.rounds[-1].contributions.values()} == addresses
+    assert (secrets / "coordinator.key").read_bytes() == key
+    assert not (run_dir / "chain" / "coordinator.key").exists()
+    assert not (run_dir / "holders" / "wallets.secret").exists()
+    chain, contracts = _contracts(run_dir)
+    chain.close()
+    coordinator = coordinator_account(cfg.attestation, run_dir)
+    assert coordinator.address == contracts.deployment.coordinator
 
 
 def test_chain_outage_delays_attestations_and_loses_none(
@@ -220,6 +354,16 @@ def test_verify_claim_and_attest_commands(tmp_path: Path) -> None:
     verified = runner.invoke(app, ["verify", "--run", str(run_dir), "--client", account.address])
     assert verified.exit_code == 0, verified.output
     assert verified.output.count("verified on chain") == len(history.rounds)
+
+    # What is published is enough: a copy of the public folders, without the run's
+    # secrets, its config, its holders' files or anything else, verifies the same.
+    published = tmp_path / "published"
+    for name in PUBLIC_ARTIFACTS:
+        shutil.copytree(run_dir / name, published / name)
+    _assert_holds_no_secret(published, run_dir / "secrets")
+    elsewhere = runner.invoke(app, ["verify", "--run", str(published), "--client", account.address])
+    assert elsewhere.exit_code == 0, elsewhere.output
+    assert elsewhere.output.count("verified on chain") == len(history.rounds)
 
     claimed = runner.invoke(
         app, ["claim", "--run", str(run_dir)], env={"FEDLEARN_WALLET_KEY": account.key.hex()}

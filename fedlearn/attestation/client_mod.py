@@ -8,10 +8,20 @@ attaches the signed commitment. The server checks it before the update is
 used and binds it into the round's Merkle leaf, so a holder can later prove
 on chain what it contributed, and nobody can claim its reward.
 
+The signature's domain names the chain and the ``AttestationLedger`` the run
+attests on (round config :data:`~fedlearn.wire.ATTEST_CHAIN_ID_KEY`,
+:data:`~fedlearn.wire.ATTEST_LEDGER_KEY`), so it is worth nothing in any other
+run, chain or ledger. A round that asks for a signature without naming both is
+refused before any training (a signature without them could be replayed
+elsewhere). A holder may pin where it signs with the node config keys
+``attestation-chain-id`` and ``attestation-ledger``: a round naming another
+chain or ledger is then refused.
+
 Wallets: a real data holder's key comes from a keystore file named in the
 node config (``wallet-keystore``, password in ``$FEDLEARN_WALLET_PASSWORD``)
 or from ``$FEDLEARN_WALLET_KEY``; simulated holders derive theirs from a
-per-run secret file (:func:`simulated_wallet`).
+per-run secret file, ``RUN_DIR/secrets/wallets.secret``
+(:func:`wallet_secret`, :func:`simulated_wallet`).
 """
 
 from __future__ import annotations
@@ -22,7 +32,7 @@ import logging
 import os
 import secrets
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import cast
 
@@ -32,16 +42,32 @@ from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 
 from fedlearn.attestation.hexutil import to_bytes32
-from fedlearn.attestation.signing import SignedCommitment, WalletError, load_wallet
-from fedlearn.wire import ATTEST_RUN_ID_KEY, ATTESTATION_KEY, ErrorCode
+from fedlearn.attestation.signing import (
+    SignedCommitment,
+    SigningDomain,
+    WalletError,
+    load_wallet,
+)
+from fedlearn.files import SECRETS_DIR, create_atomically, private_directory, run_secrets
+from fedlearn.wire import (
+    ATTEST_CHAIN_ID_KEY,
+    ATTEST_LEDGER_KEY,
+    ATTEST_RUN_ID_KEY,
+    ATTESTATION_KEY,
+    ErrorCode,
+)
 
 __all__ = [
+    "PIN_CHAIN_ID",
+    "PIN_LEDGER",
     "WalletProvider",
     "make_attestation_mod",
     "node_wallet",
     "partition_wallet",
     "payload_bytes",
+    "signing_domain",
     "simulated_wallet",
+    "wallet_secret",
 ]
 
 log = logging.getLogger(__name__)
@@ -97,28 +123,84 @@ def simulated_wallet(secret_file: str | Path, context: Context) -> LocalAccount:
     return partition_wallet(secret_file, partition=partition)
 
 
+def wallet_secret(run_dir: str | Path) -> Path:
+    """``RUN_DIR/secrets/wallets.secret``: the seed of a simulation's holder wallets.
+
+    A run made before ``secrets/`` existed kept it in ``RUN_DIR/holders``; it
+    is moved here (so a resumed run keeps its holders' wallets).
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / SECRETS_DIR / "wallets.secret"
+    legacy = run_dir / "holders" / "wallets.secret"
+    if legacy.exists() and not path.exists():
+        run_secrets(run_dir)
+        os.replace(legacy, path)  # same file system: atomic, mode 0600 kept
+        log.warning("moved the simulated holders' wallet secret to %s", path)
+    return path
+
+
 def partition_wallet(secret_file: str | Path, *, partition: int) -> LocalAccount:
     """The wallet of simulated holder ``partition``, derived from a per-run secret.
 
-    The secret (32 random bytes, mode 0600) is created on first use; the
-    key of partition ``i`` is ``SHA-256(secret || i)``. Simulation only: every
+    The secret (32 random bytes, mode 0600, see :func:`wallet_secret` for
+    where a run keeps it) is created on first use, atomically: concurrent
+    simulated clients all derive from the one that was created. The key of
+    partition ``i`` is ``SHA-256(secret || i)``. Simulation only: every
     simulated holder's key is derivable by whoever reads the file.
     """
     path = Path(secret_file)
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(secrets.token_bytes(32))
-        except FileExistsError:
-            pass  # another simulated client created it first
+        if not path.parent.exists():
+            private_directory(path.parent)  # e.g. RUN_DIR/secrets: 0700
+        create_atomically(path, secrets.token_bytes(32))  # or another client did first
     secret = path.read_bytes()
     if len(secret) != 32:
         raise WalletError(f"{path} is not a wallet secret (expected 32 bytes)")
     key = hashlib.sha256(secret + partition.to_bytes(8, "big")).digest()
     account: LocalAccount = Account.from_key(key)
     return account
+
+
+#: Node config keys a holder pins the chain and ledger it signs for with.
+PIN_CHAIN_ID = "attestation-chain-id"
+PIN_LEDGER = "attestation-ledger"
+
+
+def signing_domain(config: ConfigRecord, node_config: Mapping[str, object]) -> SigningDomain:
+    """The chain and ledger a round asks the holder to sign for, checked against its pins.
+
+    Raises
+    ------
+    ValueError
+        If the round does not name both, names malformed values, or names a
+        chain or ledger other than the one the holder pinned.
+    """
+    chain_id, ledger = config.get(ATTEST_CHAIN_ID_KEY), config.get(ATTEST_LEDGER_KEY)
+    if chain_id is None or ledger is None:
+        raise ValueError(
+            f"the round asks for a signed commitment but names no chain id and ledger "
+            f"({ATTEST_CHAIN_ID_KEY}, {ATTEST_LEDGER_KEY}); a signature bound to neither "
+            "could be replayed into another run"
+        )
+    if isinstance(chain_id, bool) or not isinstance(chain_id, int) or not isinstance(ledger, str):
+        raise ValueError(f"{ATTEST_CHAIN_ID_KEY} must be an int and {ATTEST_LEDGER_KEY} a string")
+    domain = SigningDomain(chain_id=chain_id, ledger=ledger)
+    pinned_chain, pinned_ledger = node_config.get(PIN_CHAIN_ID), node_config.get(PIN_LEDGER)
+    if pinned_chain is not None and str(pinned_chain) != str(domain.chain_id):
+        raise ValueError(
+            f"the round asks for signatures on chain {domain.chain_id}; this holder signs "
+            f"only for chain {pinned_chain} (node config {PIN_CHAIN_ID})"
+        )
+    if pinned_ledger is not None and str(pinned_ledger).lower() != domain.ledger.lower():
+        raise ValueError(
+            f"the round asks for signatures for ledger {domain.ledger}; this holder signs "
+            f"only for ledger {pinned_ledger} (node config {PIN_LEDGER})"
+        )
+    return domain
+
+
+def _refuse(msg: Message, reason: str) -> Message:
+    return Message(Error(code=ErrorCode.ATTESTATION, reason=reason), reply_to=msg)
 
 
 def make_attestation_mod(wallet: WalletProvider) -> Callable[..., Message]:
@@ -129,24 +211,36 @@ def make_attestation_mod(wallet: WalletProvider) -> Callable[..., Message]:
         run_id = config.get(ATTEST_RUN_ID_KEY) if config is not None else None
         if run_id is None:
             return call_next(msg, context)
+        assert config is not None
+        # Everything the signature binds is checked before training: a round this
+        # holder will not sign costs it no privacy budget.
+        try:
+            domain = signing_domain(config, context.node_config)
+            run = to_bytes32("run_id", run_id)
+            server_round = int(cast(int, config["server-round"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("refusing to sign this round: %s", exc)
+            return _refuse(msg, f"refused to sign the update: {exc}")
         reply = call_next(msg, context)
         if reply.has_error():
             return reply
-        assert config is not None
         try:
             account = wallet(context)
+        except WalletError as exc:
+            # The detail (a keystore path, a decryption error) stays on the holder.
+            log.warning("cannot sign this round's update: %s", exc)
+            return _refuse(msg, "cannot sign the update: the holder's wallet is unavailable")
+        try:
             signed = SignedCommitment.create(
                 account=account,
-                run_id=to_bytes32("run_id", run_id),
-                round=int(cast(int, config["server-round"])),
+                domain=domain,
+                run_id=run,
+                round=server_round,
                 payload=payload_bytes(reply.content),
             )
-        except (WalletError, ValueError, KeyError) as exc:
+        except (ValueError, TypeError) as exc:
             log.warning("cannot sign this round's update: %s", exc)
-            return Message(
-                Error(code=ErrorCode.ATTESTATION, reason=f"cannot sign the update: {exc}"),
-                reply_to=msg,
-            )
+            return _refuse(msg, f"cannot sign the update: {exc}")
         reply.content[ATTESTATION_KEY] = ConfigRecord(signed.to_dict())
         return reply
 

@@ -4,11 +4,13 @@ A strategy wrapper placed inside :class:`~fedlearn.strategies.ValidatedReplies`
 (its :meth:`RoundAttestation.check_reply` runs there, so an update whose
 signed commitment does not check out is never used):
 
-1. ``configure_train`` names the run id clients sign for;
+1. ``configure_train`` names what clients sign for: the run id, the chain
+   id and the ``AttestationLedger`` address of the run's deployment;
 2. ``check_reply`` verifies each reply's EIP-712 signature over
-   ``(run id, round, commitment to exactly the bytes received)`` and pins
-   each node to the first address it signed with (a node cannot switch
-   wallets mid-run, a signature replayed from another round or run fails);
+   ``(run id, round, commitment to exactly the bytes received)`` in the
+   domain of *this* deployment's chain and ledger, and pins each node to the
+   first address it signed with (a node cannot switch wallets mid-run; a
+   signature replayed from another round, run, chain or ledger fails);
 3. ``aggregate_train`` lets the wrapped strategy aggregate, then builds one
    Merkle leaf per client whose update is in the aggregate (address,
    commitment, score, capped examples, ε spent, reward), writes the round's
@@ -30,7 +32,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +47,13 @@ from fedlearn.attestation.chain import ChainError, Contracts
 from fedlearn.attestation.client_mod import payload_bytes
 from fedlearn.attestation.leaves import Contribution, round_leaves
 from fedlearn.attestation.outbox import Outbox, OutboxError
-from fedlearn.attestation.signing import SignatureError, SignedCommitment, check_signed_commitment
+from fedlearn.attestation.signing import (
+    SignatureError,
+    SignedCommitment,
+    SigningDomain,
+    check_signed_commitment,
+)
+from fedlearn.files import write_atomically
 from fedlearn.strategies.layers import (
     ReportsContributors,
     RoundScores,
@@ -54,7 +61,14 @@ from fedlearn.strategies.layers import (
     layers,
 )
 from fedlearn.strategies.wrapper import StrategyWrapper
-from fedlearn.wire import ATTEST_RUN_ID_KEY, ATTESTATION_KEY, EXAMPLES_KEY, PRIVACY_KEY
+from fedlearn.wire import (
+    ATTEST_CHAIN_ID_KEY,
+    ATTEST_LEDGER_KEY,
+    ATTEST_RUN_ID_KEY,
+    ATTESTATION_KEY,
+    EXAMPLES_KEY,
+    PRIVACY_KEY,
+)
 
 __all__ = ["ClientReward", "RoundAttestation", "RoundAttestationReport"]
 
@@ -126,7 +140,9 @@ class RoundAttestation(StrategyWrapper):
     outbox : Outbox
         The durable outbox (SQLite) attestations wait in until confirmed.
     contracts : Contracts
-        The deployed ledger and reward pool (with the coordinator account).
+        The deployed ledger and reward pool (with the coordinator account);
+        their deployment's chain id and ledger address are the signatures'
+        domain.
     budget : int
         Reward token base units a round pays out, pro rata to scores.
     max_examples : int
@@ -157,6 +173,10 @@ class RoundAttestation(StrategyWrapper):
         self.dir.mkdir(parents=True, exist_ok=True)
         self.outbox = outbox
         self.contracts = contracts
+        # Contracts.load/deploy checked the chain id against the chain itself.
+        self.domain = SigningDomain(
+            chain_id=contracts.deployment.chain_id, ledger=contracts.deployment.ledger
+        )
         self.budget = budget
         self.max_examples = max_examples
         self._contributors = next(
@@ -184,11 +204,13 @@ class RoundAttestation(StrategyWrapper):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Name the run id clients sign for, then delegate."""
+        """Name the run id, chain and ledger clients sign for, then delegate."""
         self._round = server_round
         self._signed = {}
         self.last_report = RoundAttestationReport()
         config[ATTEST_RUN_ID_KEY] = "0x" + self.run_id.hex()
+        config[ATTEST_CHAIN_ID_KEY] = self.domain.chain_id
+        config[ATTEST_LEDGER_KEY] = self.domain.ledger
         return self.strategy.configure_train(server_round, arrays, config, grid)
 
     def check_reply(self, msg: Message) -> str | None:
@@ -203,6 +225,7 @@ class RoundAttestation(StrategyWrapper):
             signed = SignedCommitment.from_dict(dict(record))
             address = check_signed_commitment(
                 signed=signed,
+                domain=self.domain,
                 run_id=self.run_id,
                 expected_round=self._round,
                 payload=payload_bytes(msg.content),
@@ -218,9 +241,8 @@ class RoundAttestation(StrategyWrapper):
             return f"wallet {address} already signs for node {others[0]}"
         if node not in self._addresses:
             self._addresses[node] = address
-            tmp = self._addresses_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self._addresses, indent=1), encoding="utf-8")
-            os.replace(tmp, self._addresses_file)
+            text = json.dumps(self._addresses, indent=1).encode()
+            write_atomically(self._addresses_file, text, mode=0o644)  # public, like bundles
         self._signed[node] = signed
         return None
 

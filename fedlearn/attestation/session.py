@@ -1,13 +1,19 @@
 """A run's attestation session: chain, contracts, coordinator key, outbox, run id.
 
-Layout in the run directory::
+Layout in the run directory; everything but ``secrets/`` may be published::
 
-    RUN_DIR/chain/              the embedded chain's journal (embedded chain only)
-    RUN_DIR/chain/coordinator.key   development coordinator key (embedded chain only)
-    RUN_DIR/attestations/deployment.json   where the contracts are
+    RUN_DIR/attestations/deployment.json   where the contracts are (chain id, addresses)
+    RUN_DIR/attestations/addresses.json    each node's wallet address
     RUN_DIR/attestations/outbox.sqlite     attestations not yet confirmed on chain
     RUN_DIR/attestations/run-id            the run's 32-byte id (kept on resume)
     RUN_DIR/attestations/round-NNNNNN.json one bundle (leaves + proofs) per round
+    RUN_DIR/chain/                         the embedded chain's journal (embedded chain only)
+    RUN_DIR/secrets/coordinator.key        development coordinator key (embedded chain only;
+                                           0600 in a 0700 folder, see :mod:`fedlearn.files`)
+
+Verifying a run (``fedlearn verify``, :func:`run_contracts`) reads only the
+public part: ``attestations/`` and the chain (``chain/`` for the embedded
+one, ``--chain URL`` otherwise). :data:`PUBLIC_ARTIFACTS` names those folders.
 """
 
 from __future__ import annotations
@@ -25,11 +31,13 @@ from fedlearn.attestation.chain import Chain, Contracts, Deployment, EmbeddedCha
 from fedlearn.attestation.outbox import Outbox
 from fedlearn.attestation.signing import WalletError, load_wallet
 from fedlearn.config import AttestationConfig, ConfigError
+from fedlearn.files import create_atomically, run_secrets, write_atomically
 
 __all__ = [
     "COORDINATOR_KEY_ENV",
     "COORDINATOR_KEYSTORE_ENV",
     "COORDINATOR_PASSWORD_ENV",
+    "PUBLIC_ARTIFACTS",
     "TOKEN_DECIMALS",
     "AttestationSession",
     "coordinator_account",
@@ -44,12 +52,15 @@ COORDINATOR_KEYSTORE_ENV = "FEDLEARN_COORDINATOR_KEYSTORE"
 COORDINATOR_PASSWORD_ENV = "FEDLEARN_COORDINATOR_PASSWORD"
 #: The reward token has 18 decimals, like ether.
 TOKEN_DECIMALS = 18
+#: The run-directory folders anyone may read and that verifying a run needs.
+PUBLIC_ARTIFACTS = ("attestations", "chain")
+_CHAIN_DIR = "chain"
 
 
 def open_chain(cfg: AttestationConfig, run_dir: Path) -> Chain:
     """The run's chain: the embedded one in ``RUN_DIR/chain`` or a JSON-RPC node."""
     if cfg.chain == "embedded":
-        return EmbeddedChain(state_dir=run_dir / "chain")
+        return EmbeddedChain(state_dir=run_dir / _CHAIN_DIR)
     return RpcChain(url=cfg.chain, dev_faucet=cfg.chain_dev_faucet)
 
 
@@ -75,12 +86,12 @@ def coordinator_account(cfg: AttestationConfig, run_dir: Path) -> LocalAccount:
             f"${COORDINATOR_KEYSTORE_ENV} (password in ${COORDINATOR_PASSWORD_ENV}) "
             f"or ${COORDINATOR_KEY_ENV}"
         )
-    path = run_dir / "chain" / "coordinator.key"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_hex(32))
+    path = run_secrets(run_dir) / "coordinator.key"
+    legacy = run_dir / _CHAIN_DIR / "coordinator.key"  # where runs before secrets/ kept it
+    if legacy.exists() and not path.exists():
+        os.replace(legacy, path)  # same file system: atomic, mode 0600 kept
+        log.warning("moved the coordinator key out of the published chain folder to %s", path)
+    if create_atomically(path, secrets.token_hex(32).encode()):
         log.warning("embedded chain: created a development coordinator key in %s", path)
     account: LocalAccount = Account.from_key(path.read_text().strip())
     return account
@@ -117,10 +128,8 @@ class AttestationSession:
                 f"{run_dir} holds an attested run; resume it (--resume) or use a new run directory"
             )
         directory.mkdir(parents=True, exist_ok=True)
-        if not id_file.exists():
-            tmp = id_file.with_suffix(".tmp")
-            tmp.write_text(secrets.token_hex(32), encoding="utf-8")
-            os.replace(tmp, id_file)
+        if not id_file.exists():  # public: every bundle and leaf names it
+            write_atomically(id_file, secrets.token_hex(32).encode(), mode=0o644)
         run_id = bytes.fromhex(id_file.read_text(encoding="utf-8").strip())
         if len(run_id) != 32:
             raise ConfigError(f"{id_file} is not a 32-byte run id")
@@ -160,22 +169,37 @@ def run_contracts(
 ) -> tuple[Chain, Contracts]:
     """Attach to a run's deployed contracts (for ``verify``, ``claim``, ``attest``).
 
-    ``chain`` defaults to the run's own (``RUN_DIR/config.toml``); close the
-    returned chain when done.
+    Needs only the run's public artifacts (:data:`PUBLIC_ARTIFACTS`), so
+    ``run_dir`` may be a published copy. The chain is ``chain`` if given,
+    else the one ``RUN_DIR/config.toml`` names, else (a copy without the
+    config) the embedded chain whose journal is in ``RUN_DIR/chain``. Close
+    the returned chain when done.
 
     Raises
     ------
     FileNotFoundError
-        If the run was not attested (no ``attestations/deployment.json``).
+        If the run was not attested (no ``attestations/deployment.json``), or
+        neither ``chain``, a ``chain/`` journal nor a ``config.toml`` says
+        where its chain is.
     """
     from fedlearn.config import RunConfig
 
+    run_dir = Path(run_dir)
     deployment = run_dir / "attestations" / "deployment.json"
     if not deployment.exists():
         raise FileNotFoundError(
             f"{run_dir} has no attestations (no {deployment}); was attestation.enabled set?"
         )
-    cfg = RunConfig.load(run_dir / "config.toml").attestation
+    config = run_dir / "config.toml"
+    if config.exists():
+        cfg = RunConfig.load(config).attestation
+    elif (run_dir / _CHAIN_DIR).is_dir() or chain is not None:
+        cfg = AttestationConfig()  # a published copy: the embedded chain's journal, or --chain
+    else:
+        raise FileNotFoundError(
+            f"{run_dir} has no embedded chain ({_CHAIN_DIR}/) and no config.toml naming its "
+            "chain: give the chain's JSON-RPC URL (--chain)"
+        )
     if chain is not None:
         cfg = AttestationConfig(**{**cfg.__dict__, "chain": chain})
     opened = open_chain(cfg, run_dir)

@@ -4,13 +4,19 @@ A client signs, with its wallet key, the typed message::
 
     UpdateCommitment(bytes32 runId, uint64 round, bytes32 commitment)
 
-under the EIP-712 domain ``{name: "fedlearn", version: "1"}``. The domain keeps
-the signature from being valid as any other kind of Ethereum message (a
-transaction, a personal message, another application's typed data), and
-``runId`` and ``round`` bind it to one run and one round: the server checks it
-with :func:`check_signed_commitment`, which rejects a signature replayed from an
-earlier round or another run, a commitment that does not match the bytes the
-client sent, and a signer other than the client's registered address.
+under the EIP-712 domain ``{name: "fedlearn", version: "1", chainId,
+verifyingContract}``, where ``chainId`` is the chain the run attests on and
+``verifyingContract`` the run's ``AttestationLedger`` (a
+:class:`SigningDomain`). The domain keeps the signature from being valid as any
+other kind of Ethereum message (a transaction, a personal message, another
+application's typed data) and from being valid on any other chain or ledger
+deployment; ``runId`` and ``round`` bind it to one run and one round. The
+server checks it with :func:`check_signed_commitment` against *its own* chain
+id and ledger, which rejects a signature replayed from another run, another
+chain, another ledger or an earlier round, a commitment that does not match
+the bytes the client sent, and a signer other than the client's registered
+address. An operator who runs several federations therefore cannot move a
+holder's signed commitment from one into another.
 
 Wallet keys come from an encrypted keystore file (Web3 Secret Storage, password
 in an environment variable) or from the environment variable
@@ -40,6 +46,7 @@ __all__ = [
     "PASSWORD_ENV",
     "SignatureError",
     "SignedCommitment",
+    "SigningDomain",
     "WalletError",
     "check_signed_commitment",
     "load_wallet",
@@ -53,11 +60,14 @@ KEY_ENV = "FEDLEARN_WALLET_KEY"
 PASSWORD_ENV = "FEDLEARN_WALLET_PASSWORD"
 """Default environment variable holding the keystore password."""
 
-_DOMAIN = {"name": "fedlearn", "version": "1"}
+_DOMAIN_NAME = "fedlearn"
+_DOMAIN_VERSION = "1"
 _TYPES = {
     "EIP712Domain": [
         {"name": "name", "type": "string"},
         {"name": "version", "type": "string"},
+        {"name": "chainId", "type": "uint256"},
+        {"name": "verifyingContract", "type": "address"},
     ],
     "UpdateCommitment": [
         {"name": "runId", "type": "bytes32"},
@@ -79,6 +89,41 @@ def _round(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**64:
         raise ValueError(f"round must be an int in [0, 2**64), got {value!r}")
     return value
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SigningDomain:
+    """Where a run attests: the chain's id and the ``AttestationLedger``'s address.
+
+    Both go into the EIP-712 domain of every signed commitment, so a signature
+    is valid for one ledger deployment on one chain only. Clients learn them
+    from the round config (:data:`~fedlearn.wire.ATTEST_CHAIN_ID_KEY`,
+    :data:`~fedlearn.wire.ATTEST_LEDGER_KEY`); the server checks replies
+    against its own deployment's.
+    """
+
+    chain_id: int
+    ledger: str
+
+    def __post_init__(self) -> None:
+        chain_id = self.chain_id
+        if isinstance(chain_id, bool) or not isinstance(chain_id, int) or not 0 < chain_id < 2**256:
+            raise ValueError(f"chain_id must be an int in [1, 2**256), got {chain_id!r}")
+        if not isinstance(self.ledger, str) or not is_address(self.ledger):
+            raise ValueError(f"ledger must be a contract address, got {self.ledger!r}")
+        object.__setattr__(self, "ledger", str(to_checksum_address(self.ledger)))
+
+    def to_eip712(self) -> dict[str, Any]:
+        """The EIP-712 domain object."""
+        return {
+            "name": _DOMAIN_NAME,
+            "version": _DOMAIN_VERSION,
+            "chainId": self.chain_id,
+            "verifyingContract": self.ledger,
+        }
+
+    def __str__(self) -> str:
+        return f"ledger {self.ledger} on chain {self.chain_id}"
 
 
 def load_wallet(
@@ -175,12 +220,16 @@ def save_keystore(
     return path
 
 
-def _typed_message(*, run_id: bytes, round: int, commitment: bytes) -> SignableMessage:
+def _typed_message(
+    *, domain: SigningDomain, run_id: bytes, round: int, commitment: bytes
+) -> SignableMessage:
+    if not isinstance(domain, SigningDomain):
+        raise TypeError(f"domain must be a SigningDomain, got {type(domain).__name__}")
     return encode_typed_data(
         full_message={
             "types": _TYPES,
             "primaryType": "UpdateCommitment",
-            "domain": _DOMAIN,
+            "domain": domain.to_eip712(),
             "message": {
                 "runId": to_bytes32("run_id", run_id),
                 "round": _round(round),
@@ -191,19 +240,26 @@ def _typed_message(*, run_id: bytes, round: int, commitment: bytes) -> SignableM
 
 
 def sign_commitment(
-    *, account: LocalAccount, run_id: bytes, round: int, commitment: bytes
+    *,
+    account: LocalAccount,
+    domain: SigningDomain,
+    run_id: bytes,
+    round: int,
+    commitment: bytes,
 ) -> bytes:
-    """The 65-byte EIP-712 signature of ``(run_id, round, commitment)`` by ``account``."""
-    signed = account.sign_message(_typed_message(run_id=run_id, round=round, commitment=commitment))
-    return bytes(signed.signature)
+    """The 65-byte EIP-712 signature of ``(run_id, round, commitment)`` in ``domain``."""
+    message = _typed_message(domain=domain, run_id=run_id, round=round, commitment=commitment)
+    return bytes(account.sign_message(message).signature)
 
 
-def verify_commitment(*, run_id: bytes, round: int, commitment: bytes, signature: bytes) -> str:
-    """The checksummed address that signed ``(run_id, round, commitment)``.
+def verify_commitment(
+    *, domain: SigningDomain, run_id: bytes, round: int, commitment: bytes, signature: bytes
+) -> str:
+    """The checksummed address that signed ``(run_id, round, commitment)`` in ``domain``.
 
-    A signature over other values recovers to some unrelated address, so the
-    caller must compare the result with the address it expects (or use
-    :func:`check_signed_commitment`).
+    A signature over other values, or in another domain (chain, ledger),
+    recovers to some unrelated address, so the caller must compare the result
+    with the address it expects (or use :func:`check_signed_commitment`).
 
     Raises
     ------
@@ -212,7 +268,7 @@ def verify_commitment(*, run_id: bytes, round: int, commitment: bytes, signature
     """
     if not isinstance(signature, bytes | bytearray) or len(signature) != 65:
         raise SignatureError("a signature must be 65 bytes")
-    message = _typed_message(run_id=run_id, round=round, commitment=commitment)
+    message = _typed_message(domain=domain, run_id=run_id, round=round, commitment=commitment)
     try:
         return str(Account.recover_message(message, signature=bytes(signature)))
     except Exception as exc:  # eth_keys raises several types for malformed signatures
@@ -221,8 +277,14 @@ def verify_commitment(*, run_id: bytes, round: int, commitment: bytes, signature
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SignedCommitment:
-    """What a client attaches to its reply: the signed fields, the signature and its address."""
+    """What a client attaches to its reply: the signed fields, the signature and its address.
 
+    ``domain`` says where the client believes it signed; the server does not
+    trust it but verifies against its own domain (:func:`check_signed_commitment`),
+    and uses it only to say why a signature from elsewhere is refused.
+    """
+
+    domain: SigningDomain
     run_id: bytes
     round: int
     commitment: bytes
@@ -230,6 +292,8 @@ class SignedCommitment:
     signature: bytes
 
     def __post_init__(self) -> None:
+        if not isinstance(self.domain, SigningDomain):
+            raise ValueError(f"domain must be a SigningDomain, got {type(self.domain).__name__}")
         object.__setattr__(self, "run_id", to_bytes32("run_id", self.run_id))
         _round(self.round)
         object.__setattr__(self, "commitment", to_bytes32("commitment", self.commitment))
@@ -241,23 +305,32 @@ class SignedCommitment:
 
     @classmethod
     def create(
-        cls, *, account: LocalAccount, run_id: bytes, round: int, payload: bytes
+        cls,
+        *,
+        account: LocalAccount,
+        domain: SigningDomain,
+        run_id: bytes,
+        round: int,
+        payload: bytes,
     ) -> SignedCommitment:
-        """Commit to ``payload`` (the exact bytes sent) and sign it for this run and round."""
+        """Commit to ``payload`` (the exact bytes sent); sign it for this ledger, run and round."""
         commitment = commitment_of(payload)
         return cls(
+            domain=domain,
             run_id=run_id,
             round=round,
             commitment=commitment,
             signer=account.address,
             signature=sign_commitment(
-                account=account, run_id=run_id, round=round, commitment=commitment
+                account=account, domain=domain, run_id=run_id, round=round, commitment=commitment
             ),
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON/ConfigRecord-safe form (hex strings and an int)."""
+        """JSON/ConfigRecord-safe form (hex strings and ints)."""
         return {
+            "chain_id": self.domain.chain_id,
+            "ledger": self.domain.ledger,
             "run_id": encode_hex(self.run_id),
             "round": self.round,
             "commitment": encode_hex(self.commitment),
@@ -269,7 +342,11 @@ class SignedCommitment:
     def from_dict(cls, data: Mapping[str, Any]) -> SignedCommitment:
         """Inverse of :meth:`to_dict`; raises ``SignatureError`` on malformed input."""
         try:
+            chain_id = data["chain_id"]
+            if isinstance(chain_id, bool) or not isinstance(chain_id, int):
+                raise ValueError(f"chain_id must be an int, got {chain_id!r}")
             return cls(
+                domain=SigningDomain(chain_id=chain_id, ledger=str(data["ledger"])),
                 run_id=to_bytes32("run_id", data["run_id"]),
                 round=int(data["round"]),
                 commitment=to_bytes32("commitment", data["commitment"]),
@@ -283,6 +360,7 @@ class SignedCommitment:
 def check_signed_commitment(
     *,
     signed: SignedCommitment,
+    domain: SigningDomain,
     run_id: bytes,
     expected_round: int,
     payload: bytes,
@@ -294,6 +372,8 @@ def check_signed_commitment(
     ----------
     signed : SignedCommitment
         What the client sent with its reply.
+    domain : SigningDomain
+        The server's own chain id and ledger address (never the client's).
     run_id : bytes
         The current run's id.
     expected_round : int
@@ -306,12 +386,23 @@ def check_signed_commitment(
     Raises
     ------
     SignatureError
-        Naming the reason: another run, another (e.g. earlier) round, a
-        commitment that does not match the payload, a signature that does not
-        recover to the claimed signer, or a signer other than ``expected_address``.
+        Naming the reason: another chain, another ledger, another run,
+        another (e.g. earlier) round, a commitment that does not match the
+        payload, a signature that does not recover to the claimed signer, or a
+        signer other than ``expected_address``.
     """
     run_id = to_bytes32("run_id", run_id)
     _round(expected_round)
+    if signed.domain.chain_id != domain.chain_id:
+        raise SignatureError(
+            f"commitment signed for chain {signed.domain.chain_id}, this run attests on "
+            f"chain {domain.chain_id}"
+        )
+    if signed.domain.ledger != domain.ledger:
+        raise SignatureError(
+            f"commitment signed for ledger {signed.domain.ledger}, this run's ledger is "
+            f"{domain.ledger}"
+        )
     if signed.run_id != run_id:
         raise SignatureError(
             f"commitment signed for another run ({encode_hex(signed.run_id)}, "
@@ -325,6 +416,7 @@ def check_signed_commitment(
     if signed.commitment != commitment_of(payload):
         raise SignatureError("commitment does not match the bytes received")
     recovered = verify_commitment(
+        domain=domain,  # the server's own: a relabelled domain does not recover
         run_id=run_id,
         round=expected_round,
         commitment=signed.commitment,
