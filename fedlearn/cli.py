@@ -244,12 +244,26 @@ def server(
     secure: Annotated[
         str | None, typer.Option(help=_SECURE_HELP + " Overrides the config.")
     ] = None,
+    renew_certificates: Annotated[
+        bool,
+        typer.Option(
+            "--renew-certificates",
+            help="Issue a new server certificate from this run's CA, then serve "
+            "(holders keep their ca.crt).",
+        ),
+    ] = False,
 ) -> None:
     """Run the federation on Flower's Deployment Engine (SuperLink + ServerApp).
 
     Data holders join with `fedlearn client --superlink HOST:PORT --data FILE`.
+
+    TLS: the first start creates a CA (10 years) and a server certificate
+    (1 year) in RUN_DIR/certs (public: give holders ca.crt); their keys stay in
+    RUN_DIR/secrets/tls. Later starts keep both. Before the certificate
+    expires, restart with --resume RUN_DIR --renew-certificates.
     """
     from fedlearn.deployment import SuperLinkSettings, serve
+    from fedlearn.files import run_secrets
     from fedlearn.reporting import round_table
     from fedlearn.tls import server_certificates
 
@@ -273,13 +287,15 @@ def server(
             tls_hosts=tls_host or (),
             insecure=insecure,
             supernode_auth=supernode_auth,
+            key_directory=None if insecure or certificates else run_secrets(target) / "tls",
+            renew=renew_certificates,
         )
     except (ValueError, FileNotFoundError) as exc:
         raise _fail(str(exc)) from None
     if certs is None:
         err.print("[bold red]WARNING: --insecure: no TLS; updates travel in the clear.[/]")
     elif certificates is None:
-        err.print(f"created a CA for this federation; give data holders {certs.ca}")
+        err.print(f"the federation's CA: give data holders {certs.ca}")
     settings = SuperLinkSettings(
         host=host,
         port=port,
@@ -450,15 +466,23 @@ def client(
 
 _RUN_HELP = "The run directory (it holds the published attestation bundles)."
 _CHAIN_HELP = "JSON-RPC URL of the chain (default: the run's own chain)."
+_PUBLISHED_HELP = (
+    "The run directory, or a copy of its public part: attestations/ and, for the "
+    "embedded chain, chain/ (never secrets/)."
+)
 
 
 @app.command()
 def verify(
-    run: Annotated[Path, typer.Option(help=_RUN_HELP)],
+    run: Annotated[Path, typer.Option(help=_PUBLISHED_HELP)],
     client: Annotated[str, typer.Option(help="The client's wallet address.")],
     chain: Annotated[str | None, typer.Option(help=_CHAIN_HELP)] = None,
 ) -> None:
-    """Check a client's published records against the roots on chain (anyone can)."""
+    """Check a client's published records against the roots on chain (anyone can).
+
+    Needs only what a run publishes (bundles, contract addresses, the chain):
+    no key, no secrets/ folder, not even the run's config.toml.
+    """
     from rich.table import Table
 
     from fedlearn.attestation.bundle import verify_bundles

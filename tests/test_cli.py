@@ -3,12 +3,20 @@ library code behind it (the demo's plan and result, the server's TLS policy)."""
 
 from __future__ import annotations
 
+import datetime as dt
+import os
+import socket
+import ssl
+import stat
+import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import tomli_w
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from typer.testing import CliRunner
 
 from fedlearn.cli import app
@@ -16,7 +24,13 @@ from fedlearn.config import ConfigError, RunConfig
 from fedlearn.data import Dataset, write_csv
 from fedlearn.demo import DemoResult, HolderClaim, plan_demo
 from fedlearn.history import History
-from fedlearn.tls import make_certificates, server_certificates
+from fedlearn.tls import (
+    CA_DAYS,
+    SERVER_DAYS,
+    Certificates,
+    make_certificates,
+    server_certificates,
+)
 
 runner = CliRunner()
 
@@ -170,3 +184,150 @@ def test_the_server_uses_the_operators_certificates_and_names_a_missing_file(
     made.key.unlink()
     with pytest.raises(FileNotFoundError, match=r"server\.key"):
         server_certificates(tmp_path / "new", host="::", certificates=tmp_path / "own")
+
+
+# ---------------------------------------------------------------- certificates
+
+
+def _server_tls(run_dir: Path, **options: Any) -> Certificates:
+    certs = server_certificates(
+        run_dir / "certs", host="0.0.0.0", key_directory=run_dir / "secrets" / "tls", **options
+    )
+    assert certs is not None
+    return certs
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def _handshake(certs: Certificates, ca_file: Path) -> bytes:
+    """A TLS client that trusts only ``ca_file`` connects to a server presenting ``certs``."""
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(certs.cert, certs.key)
+    client = ssl.create_default_context(cafile=str(ca_file))
+    near, far = socket.socketpair()
+
+    def serve() -> None:
+        try:
+            with server.wrap_socket(far, server_side=True) as tls:
+                tls.recv(1)
+        except (ssl.SSLError, OSError):
+            pass  # the client refused us
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        with client.wrap_socket(near, server_hostname="localhost") as tls:
+            peer = tls.getpeercert(binary_form=True)
+            tls.sendall(b"x")
+    finally:
+        near.close()
+        far.close()
+        thread.join(timeout=10)
+    assert peer is not None
+    return peer
+
+
+def test_the_servers_keys_live_apart_from_its_certificates_and_are_private(
+    tmp_path: Path,
+) -> None:
+    old = os.umask(0o022)
+    try:
+        certs = _server_tls(tmp_path)
+    finally:
+        os.umask(old)
+    assert sorted(p.name for p in (tmp_path / "certs").iterdir()) == ["ca.crt", "server.pem"]
+    secrets = tmp_path / "secrets" / "tls"
+    assert sorted(p.name for p in secrets.iterdir()) == ["ca.key", "server.key"]
+    assert certs.key == secrets / "server.key"
+    assert _mode(secrets) == 0o700
+    assert _mode(secrets / "ca.key") == _mode(secrets / "server.key") == 0o600
+    assert _mode(certs.ca) == _mode(certs.cert) == 0o644
+    ca = x509.load_pem_x509_certificate(certs.ca.read_bytes())
+    cert = x509.load_pem_x509_certificate(certs.cert.read_bytes())
+    lifetime = ca.not_valid_after_utc - ca.not_valid_before_utc
+    assert lifetime >= dt.timedelta(days=CA_DAYS) and CA_DAYS >= 3650
+    lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
+    assert lifetime >= dt.timedelta(days=SERVER_DAYS) and SERVER_DAYS >= 365
+    assert _handshake(certs, certs.ca) == cert.public_bytes(serialization.Encoding.DER)
+
+
+def test_a_restarted_server_keeps_its_ca_and_certificate(tmp_path: Path) -> None:
+    first = _server_tls(tmp_path)
+    before = {p: p.read_bytes() for p in (first.ca, first.cert, first.key)}
+    again = _server_tls(tmp_path)
+    assert again == first and {p: p.read_bytes() for p in before} == before
+    with pytest.raises(ValueError, match=r"does not cover \['fl\.example\.org'\].*--renew"):
+        _server_tls(tmp_path, tls_hosts=("fl.example.org",))
+
+
+def test_renewal_keeps_the_ca_so_holders_old_ca_crt_verifies_the_new_certificate(
+    tmp_path: Path,
+) -> None:
+    certs = _server_tls(tmp_path)
+    holder_ca = tmp_path / "holder" / "ca.crt"  # what a data holder was given
+    holder_ca.parent.mkdir()
+    holder_ca.write_bytes(certs.ca.read_bytes())
+    old_cert, old_key = certs.cert.read_bytes(), certs.key.read_bytes()
+    old_peer = _handshake(certs, holder_ca)
+
+    renewed = _server_tls(tmp_path, renew=True, tls_hosts=("fl.example.org",))
+    assert renewed == certs
+    assert certs.ca.read_bytes() == holder_ca.read_bytes()  # the CA is kept
+    assert certs.cert.read_bytes() != old_cert and certs.key.read_bytes() != old_key
+    new_peer = _handshake(renewed, holder_ca)  # the holder's old ca.crt verifies it
+    assert new_peer != old_peer
+    cert = x509.load_pem_x509_certificate(certs.cert.read_bytes())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "fl.example.org" in names.get_values_for_type(x509.DNSName)
+    assert _mode(certs.key) == 0o600
+    # The check is real: a client trusting another CA refuses the renewed certificate.
+    stranger = make_certificates(tmp_path / "stranger")
+    with pytest.raises(ssl.SSLCertVerificationError):
+        _handshake(renewed, stranger.ca)
+
+
+def test_renewal_without_the_ca_key_is_refused_and_names_the_way_out(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no federation CA"):
+        _server_tls(tmp_path, renew=True)
+    certs = _server_tls(tmp_path)
+    (tmp_path / "secrets" / "tls" / "ca.key").unlink()
+    before = certs.cert.read_bytes()
+    with pytest.raises(FileNotFoundError, match=r"CA's private key .*ca\.key is missing"):
+        _server_tls(tmp_path, renew=True)
+    assert certs.cert.read_bytes() == before  # nothing was replaced
+    with pytest.raises(ValueError, match="renews a certificate from the CA fedlearn created"):
+        _server_tls(tmp_path, renew=True, certificates=tmp_path / "certs")
+    with pytest.raises(ValueError, match="--insecure cannot be combined"):
+        server_certificates(tmp_path, host="::", insecure=True, renew=True)
+
+
+def test_a_run_made_before_secrets_gets_its_server_key_moved_out_of_certs(
+    tmp_path: Path,
+) -> None:
+    legacy = make_certificates(tmp_path / "certs", hosts=("127.0.0.1", "localhost"))
+    assert legacy.key == tmp_path / "certs" / "server.key"
+    key = legacy.key.read_bytes()
+    certs = _server_tls(tmp_path)
+    assert not legacy.key.exists() and certs.key.read_bytes() == key
+    assert certs.ca == legacy.ca and certs.cert == legacy.cert
+    with pytest.raises(FileNotFoundError, match="CA's private key"):
+        _server_tls(tmp_path, renew=True)  # the old layout never kept the CA key
+
+
+def test_server_renew_certificates_refuses_clearly_before_anything_starts(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    base = ["server", "--config", str(files["config"]), "--run-dir", str(run_dir)]
+    result = runner.invoke(app, [*base, "--renew-certificates"])
+    said = " ".join(result.output.split())  # rich wraps long lines
+    assert result.exit_code == 2 and "no federation CA" in said
+    _server_tls(run_dir)  # what the first `fedlearn server` created
+    (run_dir / "secrets" / "tls" / "ca.key").unlink()
+    result = runner.invoke(app, [*base, "--renew-certificates"])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2, said
+    assert "CA's private key" in said and "is missing" in said
+    assert not (run_dir / "superlink.db").exists()  # no SuperLink was started
