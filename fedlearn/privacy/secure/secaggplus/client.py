@@ -9,6 +9,7 @@ protocol.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import ClassVar, cast
 
@@ -56,6 +57,8 @@ from fedlearn.privacy.secure.stages import (
 from fedlearn.wire import SecAggStage
 
 __all__ = ["SecAggPlusClient"]
+
+log = logging.getLogger(__name__)
 
 #: Name of the client's ConfigRecord in ``context.state``.
 _STATE = "secaggplus"
@@ -267,14 +270,21 @@ class SecAggPlusClient(ClientProtocol):
                 f"expected a non-empty 1-d float vector, got {values.dtype} of shape {values.shape}"
             )
         values = values.astype(np.float64, copy=False)
+        # Refusals name the rule, never a figure of the unprotected update (it would
+        # reach the server in the clear); the figure is logged here, on the holder.
         if not np.all(np.isfinite(values)):
-            raise ValueError(f"vector has {int(np.sum(~np.isfinite(values)))} non-finite values")
+            log.warning("SecAgg+: %d non-finite values", int(np.sum(~np.isfinite(values))))
+            raise ValueError("the update has non-finite values")
         peak = float(np.max(np.abs(values)))
         if peak > params.clipping_range:
+            log.warning(
+                "SecAgg+: max |value| of this node's update is %.6g > clipping_range %g",
+                peak,
+                params.clipping_range,
+            )
             raise ValueError(
-                f"vector value out of range: max |value| = {peak:.6g} exceeds clipping_range "
-                f"{params.clipping_range:g}; SecAgg+ does not clamp, clip or rescale the update "
-                "before protecting it"
+                f"update out of range: a value exceeds clipping_range {params.clipping_range:g}; "
+                "SecAgg+ does not clamp, clip or rescale the update before protecting it"
             )
         node = int(cast(int, state["node"]))
         keyed = _state_ids(state, "keyed")
