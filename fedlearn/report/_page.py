@@ -367,8 +367,11 @@ def _privacy_section(view: RunView, client: str | None) -> str:
     caption += "A flat stretch means the holder released nothing in those rounds."
     if central:
         caption += " The black dashed line is the aggregate's ε under central DP."
-    body = f'<figure class="chart-box wide">{chart}<figcaption>{ui.legend(legend)}</figcaption>'
-    return ui.section("privacy", "Privacy loss per holder", caption, body + f"</figure>{table}")
+    body = (
+        f'<div class="charts"><figure class="chart-box">{chart}'
+        f"<figcaption>{ui.legend(legend)}</figcaption></figure><div>{table}</div></div>"
+    )
+    return ui.section("privacy", "Privacy loss per holder", caption, body)
 
 
 def _rounds_section(view: RunView) -> str:
@@ -544,7 +547,7 @@ def _contributions_section(view: RunView, client: str | None) -> str:
     )
     body = (
         f'<ul class="methods">{method_items}</ul>'
-        f'<figure class="chart-box bars-box">{chart}</figure>{table}'
+        f'<figure class="chart-box half">{chart}</figure>{table}'
     )
     return ui.section("contributions", "Contributions and rewards", caption, body)
 

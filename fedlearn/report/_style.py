@@ -41,9 +41,9 @@ overflow-wrap:anywhere}
 .charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(100%,420px),1fr));
 gap:1rem;align-items:start}
 figure{margin:0;min-width:0}
-.chart-box.wide,.bars-box{max-width:680px}
 code.short{white-space:nowrap}
 .refusals li{margin:.25rem 0}
+.chart-box.half{max-width:560px}
 svg.chart{width:100%;height:auto;display:block;font-family:inherit}
 svg .tick{font-size:13px;fill:#444}
 svg .axis-label{font-size:13px;fill:#333}
@@ -70,6 +70,7 @@ th,td{padding:.3rem .55rem;border-bottom:1px solid var(--line);text-align:left;
 vertical-align:top}
 thead th{background:#f8f9fa;white-space:nowrap}
 table.num td{font-variant-numeric:tabular-nums}
+td:first-child{white-space:nowrap}
 tr.me td{background:var(--me);font-weight:600}
 tr.skipped td{background:#f3f3f3}
 tr.total td{border-top:2px solid var(--ink)}

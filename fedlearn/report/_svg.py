@@ -202,7 +202,7 @@ def bar_chart(*, title: str, items: Sequence[BarItem], unit: str) -> str:
     height = top + row * len(items) + 34
     high = max((i.value for i in items), default=0.0)
     ticks = nice_ticks(0.0, high if high > 0 else 1.0, 4)
-    span = width - label_w - 60
+    span = width - label_w - 80  # room for the value written after the longest bar
 
     def x(value: float) -> float:
         return label_w + value / (ticks[-1] or 1.0) * span
