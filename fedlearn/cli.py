@@ -172,6 +172,7 @@ def demo(
             f"spent: {'–' if spent is None else f'{spent:.3f}'} ≤ budget {epsilon}"
         )
     out.print(f"plot: {run_dir / 'history.png'}   ledger per round: {run_dir / 'history.json'}")
+    out.print(f"report: {run_dir / 'report.html'} (fedlearn report --run {run_dir} --open)")
     if result.claims:
         out.print(contribution_table(result.history))
         out.print(claims_table(result.claims))
@@ -208,8 +209,11 @@ def simulate_cmd(
     except ConfigError as exc:
         raise _fail(str(exc)) from None
     summary.pop("history")
+    summary["report"] = str(target / "report.html")
     if as_json:
         print(json.dumps(summary, indent=2))
+    else:
+        out.print(f"report: {target / 'report.html'}")
 
 
 @app.command()
@@ -333,6 +337,7 @@ def server(
             str(exc), f"see the logs in {target / 'logs'}; resume with --resume {target}"
         ) from None
     out.print(round_table(history, title=f"fedlearn — {target}"))
+    out.print(f"report: {target / 'report.html'}")
 
 
 @app.command()
