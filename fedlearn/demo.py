@@ -30,6 +30,7 @@ from fedlearn.client_app import default_model
 from fedlearn.config import RunConfig
 from fedlearn.data import Dataset, partition_bundled
 from fedlearn.history import History
+from fedlearn.report import write_report
 from fedlearn.training import evaluate, train_centralized
 
 __all__ = ["DemoPlan", "DemoResult", "HolderClaim", "finish_demo", "plan_demo"]
@@ -255,6 +256,7 @@ def finish_demo(plan: DemoPlan, *, history: History, run_dir: str | Path) -> Dem
     history.summary.update(centralized_accuracy=result.baseline, federated_accuracy=federated)
     history.save(run_dir / "history.json")
     history.plot(run_dir / "history.png")
+    write_report(run_dir)  # again: now with the centralized baseline
     if not cfg.attestation.enabled:
         return result
     claims = _holders_claim(

@@ -17,6 +17,7 @@ Run directory layout::
     RUN_DIR/history.json     one record per round (+ summary)
     RUN_DIR/checkpoints/     round-NNNNN.npz / .json, latest.json
     RUN_DIR/status.json      running | completed | failed (+ reason)
+    RUN_DIR/report.html      the run report (one static page), written at the end
     RUN_DIR/logs/server.log  Flower's and fedlearn's log
 """
 
@@ -46,6 +47,7 @@ from fedlearn.config import ConfigError, RunConfig
 from fedlearn.data import Dataset, load_file, partition_bundled, schema_for
 from fedlearn.history import History, RoundRecord
 from fedlearn.privacy.secure.modes import server_protocol
+from fedlearn.report import write_report
 from fedlearn.stack import StrategyStack, build_stack
 from fedlearn.strategies import export_state, import_state
 from fedlearn.training import evaluate
@@ -178,8 +180,10 @@ def run_federation(
             except BaseException as exc:
                 log.exception("run failed")
                 _write_status(run_dir, "failed", f"{type(exc).__name__}: {exc}")
+                write_report(run_dir)  # what happened, for the operator (never raises)
                 raise
         _write_status(run_dir, "completed")
+        log.info("run report: %s", write_report(run_dir))
         return history
 
 
