@@ -46,6 +46,8 @@ def test_federated_training_learns_and_leaves_a_run_directory(
     assert History.load(run_dir / "history.json").to_dict() == history.to_dict()
     assert load_latest(run_dir / "checkpoints").round == 6
     assert (run_dir / "logs" / "server.log").stat().st_size > 0
+    report = (run_dir / "report.html").read_text(encoding="utf-8")  # written at the end
+    assert f"{last:.3f}"[:4] in report and "completed" in report.lower()
 
 
 class FlakyPartitions(Sequence[Dataset]):
