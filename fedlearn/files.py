@@ -66,6 +66,24 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+def _install(path: Path, data: bytes, mode: int, *, replace: bool) -> bool:
+    """Give a complete temporary file with ``data`` the name ``path`` (see the callers)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary(path, data, mode)
+    try:
+        if replace:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)  # fails if path exists: never replaces
+    except FileExistsError:
+        return False
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    _fsync_directory(path.parent)
+    return True
+
+
 def write_atomically(path: Path, data: bytes, *, mode: int = 0o600) -> None:
     """Replace ``path`` with ``data`` so a crash leaves the old or the new file, never half.
 
@@ -73,15 +91,7 @@ def write_atomically(path: Path, data: bytes, *, mode: int = 0o600) -> None:
     secret is readable by others), fsynced, renamed over ``path``, and the
     directory is fsynced so the rename itself survives a power loss.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary(path, data, mode)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
+    _install(path, data, mode, replace=True)
 
 
 def create_atomically(path: Path, data: bytes, *, mode: int = 0o600) -> bool:
@@ -93,17 +103,7 @@ def create_atomically(path: Path, data: bytes, *, mode: int = 0o600) -> bool:
     creators (e.g. simulated clients in several processes) agree on one
     content: exactly one wins, the others read the winner's file.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary(path, data, mode)
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        return False
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    _fsync_directory(path.parent)
-    return True
+    return _install(path, data, mode, replace=False)
 
 
 def private_directory(path: Path) -> Path:

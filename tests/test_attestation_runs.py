@@ -47,6 +47,15 @@ def _config(**sections: dict[str, Any]) -> RunConfig:
     return RunConfig.from_dict(raw)
 
 
+def _client_app(run_dir: Path) -> Any:
+    """fedlearn's ClientApp as the run's simulated holders run it."""
+    return make_client_app(
+        simulated=True,
+        ledger_dir=run_dir / "holders",
+        wallet=functools.partial(simulated_wallet, wallet_secret(run_dir)),
+    )
+
+
 def _run(
     run_dir: Path,
     cfg: RunConfig,
@@ -56,11 +65,7 @@ def _run(
     resume: bool = False,
     on_round: Callable[[Any], None] | None = None,
 ) -> History:
-    app = make_client_app(
-        simulated=True,
-        ledger_dir=run_dir / "holders",
-        wallet=functools.partial(simulated_wallet, wallet_secret(run_dir)),
-    )
+    app = _client_app(run_dir)
     grid = LoopbackGrid({node: app for node in NODES} | (handlers or {}), drop=drop)
     with serverapp_identity():
         return run_federation(
@@ -142,11 +147,7 @@ def test_crypten_run_attests_scores_computed_inside_mpc(tmp_path: Path) -> None:
 
 def test_a_replayed_signature_from_an_earlier_round_is_rejected(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    app = make_client_app(
-        simulated=True,
-        ledger_dir=run_dir / "holders",
-        wallet=functools.partial(simulated_wallet, wallet_secret(run_dir)),
-    )
+    app = _client_app(run_dir)
     first_reply: dict[str, Message] = {}
 
     def replaying(msg: Message, context: Context) -> Message:
@@ -178,11 +179,7 @@ def test_a_signature_for_one_chain_and_ledger_is_refused_in_a_run_on_another(
     monkeypatch.setenv("FEDLEARN_COORDINATOR_KEY", Account.create().key.hex())
     cfg = _config(federation={"rounds": 1})
     run_a = tmp_path / "a"
-    app = make_client_app(
-        simulated=True,
-        ledger_dir=run_a / "holders",
-        wallet=functools.partial(simulated_wallet, wallet_secret(run_a)),
-    )
+    app = _client_app(run_a)
     signed: dict[str, Message] = {}
 
     def recording(msg: Message, context: Context) -> Message:

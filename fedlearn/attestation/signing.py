@@ -40,6 +40,7 @@ from eth_utils.hexadecimal import decode_hex, encode_hex
 
 from fedlearn.attestation.hexutil import to_bytes32
 from fedlearn.attestation.leaves import commitment_of
+from fedlearn.files import create_atomically
 
 __all__ = [
     "KEY_ENV",
@@ -189,7 +190,7 @@ def save_keystore(
     password: str,
     scrypt_n: int | None = None,
 ) -> Path:
-    """Write ``account`` as an encrypted keystore file (mode 0600); refuse to overwrite.
+    """Write ``account`` as an encrypted keystore file (0600, atomically); refuse to overwrite.
 
     Parameters
     ----------
@@ -214,9 +215,8 @@ def save_keystore(
     if scrypt_n is not None and (scrypt_n < 2 or scrypt_n & (scrypt_n - 1)):
         raise ValueError(f"scrypt_n must be a power of two >= 2, got {scrypt_n!r}")
     encrypted = Account.encrypt(account.key, password, kdf="scrypt", iterations=scrypt_n)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(encrypted, handle)
+    if path.exists() or not create_atomically(path, json.dumps(encrypted).encode()):
+        raise FileExistsError(f"{path} exists; a keystore is never overwritten")
     return path
 
 
