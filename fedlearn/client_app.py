@@ -192,7 +192,13 @@ def _private_train(
         plan = dp_round_plan(cfg, len(train_set))
         check_dp_compatible(model)
     except ValueError as exc:
-        return _error(msg, ErrorCode.TRAINING, f"cannot run DP-SGD: {exc}")
+        log.error("cannot run DP-SGD: %s", exc)  # may depend on the record count: stays here
+        return _error(
+            msg,
+            ErrorCode.TRAINING,
+            "DP-SGD: this holder cannot run the run's DP-SGD setting on its data or model "
+            "(the holder's log says why)",
+        )
     run = hashlib.sha256(json.dumps({**cfg.to_dict(), "server": None}, sort_keys=True).encode())
     records = record_fingerprints(train_set)
     key = release_key(
@@ -332,7 +338,15 @@ def make_client_app(
         try:
             local = data(context, cfg)
         except (DataError, OSError) as exc:
-            return _error(msg, ErrorCode.DATA, str(exc))
+            # Paths, row numbers, values and shapes are the holder's business: the
+            # holder's console shows them, the server only learns the rule.
+            log.error("data: %s", exc)
+            return _error(
+                msg,
+                ErrorCode.DATA,
+                "data: this holder's file is missing or does not match the run's schema "
+                "(the holder's log names the file, row and column)",
+            )
         client = _client_index(context)
         # Under local DP evaluation is refused (it would release un-noised statistics),
         # so nothing is held out: a hold-out drawn as a permutation of range(n) would

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -56,26 +57,33 @@ def test_trains_on_own_csv_and_returns_update_of_the_same_layout(csv_file: Path)
     assert reply.content["metrics"][EXAMPLES_KEY] == 40 - holdout
 
 
-def test_missing_data_file_is_an_error_reply_naming_the_path(tmp_path: Path) -> None:
-    reply = make_client_app()(train_message(), context(**{"data-path": str(tmp_path / "x.csv")}))
+def _data_refusal(reply: Any, caplog: pytest.LogCaptureFixture, detail: str) -> None:
+    """The server learns the rule; the holder's own log has the detail (path, row, value)."""
     assert reply.has_error() and reply.error.code == ErrorCode.DATA
-    assert "data file not found" in reply.error.reason and "x.csv" in reply.error.reason
+    assert reply.error.reason.startswith("data:") and detail not in reply.error.reason
+    assert detail in caplog.text
 
 
-def test_wrong_label_column_is_reported_before_training(csv_file: Path) -> None:
+def test_missing_data_file_is_an_error_reply_naming_the_path(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    reply = make_client_app()(train_message(), context(**{"data-path": str(tmp_path / "x.csv")}))
+    _data_refusal(reply, caplog, "x.csv")
+    assert "data file not found" in caplog.text
+
+
+def test_wrong_label_column_is_reported_before_training(
+    csv_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     node = context(**{"data-path": str(csv_file), "label-column": "outcome"})
     reply = make_client_app()(train_message(), node)
-    assert reply.error.code == ErrorCode.DATA
-    assert "label column 'outcome' not found" in reply.error.reason
+    _data_refusal(reply, caplog, "label column 'outcome' not found")
 
 
-def test_labels_outside_declared_classes(csv_file: Path) -> None:
+def test_labels_outside_declared_classes(csv_file: Path, caplog: pytest.LogCaptureFixture) -> None:
     cfg = CFG.with_overrides(data={"classes": ["a", "b"]})
     reply = make_client_app()(train_message(cfg), context(**{"data-path": str(csv_file)}))
-    assert (
-        reply.error.code == ErrorCode.DATA
-        and "not one of the declared classes" in reply.error.reason
-    )
+    _data_refusal(reply, caplog, "not one of the declared classes")
 
 
 def test_global_model_of_another_shape_is_refused(csv_file: Path) -> None:
