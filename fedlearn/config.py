@@ -463,8 +463,9 @@ class AttestationConfig:
         ``RUN_DIR/chain``) or the JSON-RPC URL of a node. The coordinator key
         comes from ``$FEDLEARN_COORDINATOR_KEY`` or a keystore named by
         ``$FEDLEARN_COORDINATOR_KEYSTORE`` (never from this file); the
-        embedded chain creates a development key in ``RUN_DIR/chain`` if
-        neither is set.
+        embedded chain creates a development key in ``RUN_DIR/secrets`` if
+        neither is set. A URL may carry an RPC API key: do not publish
+        ``config.toml`` (``fedlearn verify`` does not need it).
     chain_dev_faucet : bool, default False
         Fund accounts through ``anvil_setBalance`` (local anvil/hardhat nodes).
     reward_per_round : int, default 1000
