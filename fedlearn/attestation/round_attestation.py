@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, ClassVar, cast
 
 from eth_utils.crypto import keccak
+from eth_utils.hexadecimal import encode_hex
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
@@ -45,6 +46,7 @@ from flwr.serverapp.strategy import Strategy
 from fedlearn.attestation.bundle import RoundBundle
 from fedlearn.attestation.chain import ChainError, Contracts
 from fedlearn.attestation.client_mod import payload_bytes
+from fedlearn.attestation.hexutil import to_bytes32
 from fedlearn.attestation.leaves import Contribution, round_leaves
 from fedlearn.attestation.outbox import Outbox, OutboxError
 from fedlearn.attestation.signing import (
@@ -163,8 +165,7 @@ class RoundAttestation(StrategyWrapper):
         max_examples: int,
         flush_seconds: float = 10.0,
     ) -> None:
-        if len(run_id) != 32:
-            raise ValueError("run_id must be 32 bytes")
+        run_id = to_bytes32("run_id", run_id)
         if budget < 0 or max_examples < 1 or flush_seconds <= 0:
             raise ValueError("budget must be >= 0, max_examples >= 1, flush_seconds > 0")
         self.strategy = strategy
@@ -208,7 +209,7 @@ class RoundAttestation(StrategyWrapper):
         self._round = server_round
         self._signed = {}
         self.last_report = RoundAttestationReport()
-        config[ATTEST_RUN_ID_KEY] = "0x" + self.run_id.hex()
+        config[ATTEST_RUN_ID_KEY] = encode_hex(self.run_id)
         config[ATTEST_CHAIN_ID_KEY] = self.domain.chain_id
         config[ATTEST_LEDGER_KEY] = self.domain.ledger
         return self.strategy.configure_train(server_round, arrays, config, grid)
@@ -320,8 +321,8 @@ class RoundAttestation(StrategyWrapper):
                 epsilon=contribution.epsilon,
                 reward=leaf.amount,
             )
-        report.root = "0x" + bundle.root.hex()
-        report.aggregate_hash = "0x" + aggregate_hash.hex()
+        report.root = encode_hex(bundle.root)
+        report.aggregate_hash = encode_hex(aggregate_hash)
         try:
             result = self.outbox.flush(self.contracts, deadline=self.flush_seconds)
         except (OutboxError, ChainError) as exc:

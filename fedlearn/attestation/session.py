@@ -28,6 +28,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
 from fedlearn.attestation.chain import Chain, Contracts, Deployment, EmbeddedChain, RpcChain
+from fedlearn.attestation.hexutil import to_bytes32
 from fedlearn.attestation.outbox import Outbox
 from fedlearn.attestation.signing import WalletError, load_wallet
 from fedlearn.config import AttestationConfig, ConfigError
@@ -130,9 +131,10 @@ class AttestationSession:
         directory.mkdir(parents=True, exist_ok=True)
         if not id_file.exists():  # public: every bundle and leaf names it
             write_atomically(id_file, secrets.token_hex(32).encode(), mode=0o644)
-        run_id = bytes.fromhex(id_file.read_text(encoding="utf-8").strip())
-        if len(run_id) != 32:
-            raise ConfigError(f"{id_file} is not a 32-byte run id")
+        try:
+            run_id = to_bytes32("run id", id_file.read_text(encoding="utf-8").strip())
+        except ValueError as exc:
+            raise ConfigError(f"{id_file} is not a 32-byte run id: {exc}") from None
         budget = cfg.reward_per_round * 10**TOKEN_DECIMALS
         chain = open_chain(cfg, run_dir)
         try:
