@@ -41,6 +41,7 @@ if TYPE_CHECKING:
         distributed_noise_std,
         gaussian,
     )
+    from fedlearn.privacy.records import RecordLedger, record_fingerprints
 
 __all__ = [
     "BudgetExceeded",
@@ -50,6 +51,7 @@ __all__ = [
     "PrivacyBudget",
     "PrivacyError",
     "PrivacyLedger",
+    "RecordLedger",
     "UnsupportedLayerError",
     "add_gaussian_noise",
     "calibrate_noise",
@@ -63,6 +65,7 @@ __all__ = [
     "gaussian",
     "gaussian_event",
     "global_norm",
+    "record_fingerprints",
     "release_event",
     "sampled_gaussian_event",
 ]
@@ -75,6 +78,7 @@ _EXPORTS = {
     "PrivacyBudget": "fedlearn.privacy.ledger",
     "PrivacyError": "fedlearn.privacy.ledger",
     "PrivacyLedger": "fedlearn.privacy.ledger",
+    "RecordLedger": "fedlearn.privacy.records",
     "UnsupportedLayerError": "fedlearn.privacy.local_dp",
     "add_gaussian_noise": "fedlearn.privacy.noise",
     "calibrate_noise": "fedlearn.privacy.accounting",
@@ -88,6 +92,7 @@ _EXPORTS = {
     "gaussian": "fedlearn.privacy.noise",
     "gaussian_event": "fedlearn.privacy.accounting",
     "global_norm": "fedlearn.privacy.clipping",
+    "record_fingerprints": "fedlearn.privacy.records",
     "release_event": "fedlearn.privacy.ledger",
     "sampled_gaussian_event": "fedlearn.privacy.accounting",
 }
