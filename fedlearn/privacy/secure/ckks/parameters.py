@@ -1,11 +1,12 @@
-"""CKKS parameters: 128-bit security limits and the precision they give.
+"""CKKS parameters: 128-bit security limits, flooding sized to a statistical security level.
 
 :class:`CkksParameters` validates a parameter set eagerly (ring degree, the
 coefficient-modulus primes against the HomomorphicEncryption.org table, the
-encoding scale, the largest value a client may encrypt, the noise-flooding
-factor) and states what follows from it: values per ciphertext, the largest
-decryptable sum, how many clients a sum may hold and the error bound of a
-decrypted sum.
+encoding scale, the largest value a client may encrypt, the statistical
+security of decryption and the number of decryptions a key may serve) and
+states what follows from it: values per ciphertext, the largest decryptable
+sum, how many clients a sum may hold, the flooding noise and the error bound
+of a decrypted sum.
 """
 
 from __future__ import annotations
@@ -34,70 +35,101 @@ HE_STANDARD_MAX_MODULUS_BITS: dict[int, int] = {
     32768: 881,
 }
 
-#: SEAL's encryption noise: centred binomial with variance 42/4 = 10.5, plus
-#: the rounding of the encoding (variance at most 1/12) per coefficient.
+#: SEAL's encryption noise is centred binomial (21 coin pairs): every coefficient of a
+#: fresh ciphertext's error is an integer in [-21, 21] with variance 21/2.
+_CBD_BOUND = 21
+#: Per-coefficient variance of one fresh ciphertext: the noise plus the encoding's rounding.
 _COEFF_NOISE_VARIANCE = 10.5 + 1.0 / 12.0
 #: Standard deviations in the stated error bound (Gaussian tail 1.2e-15 per entry).
 _BOUND_SIGMAS = 8.0
+#: Coefficient head-room kept free of message for errors and flooding (a 2**-8 share of q/2).
+_HEADROOM = 2.0**-8
+#: Flooding tail allowed for in the head-room (10 standard deviations).
+_TAIL_SIGMAS = 10.0
 _MIN_SCALE_BITS = 20
 _MAX_PRIME_BITS = 60
+_MIN_STATISTICAL_SECURITY = 30
+
+
+def _positive_int(name: str, value: object, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True, kw_only=True)
 class CkksParameters:
-    r"""CKKS parameters, validated for 128-bit security and a usable scale.
+    r"""CKKS parameters, validated for 128-bit security, a usable scale and safe decryption.
 
     Parameters
     ----------
     poly_modulus_degree : int, default 4096
-        Ring degree N (a power of two, 1024 … 32768); a ciphertext holds
-        ``N / 2`` values.
-    coeff_mod_bit_sizes : tuple[int, ...], default (36, 36)
+        Ring degree N (a power of two, 1024 … 32768). A ciphertext holds N real
+        values: ``N / 2`` complex slots, two real values in each (real and
+        imaginary part).
+    coeff_mod_bit_sizes : tuple[int, ...], default (36, 36, 36)
         Bit sizes of the coefficient-modulus primes. The last one is TenSEAL's
         key-switching ("special") prime, which ciphertexts do not carry; the
-        others are the data primes a ciphertext lives modulo. Their total must
-        not exceed :data:`HE_STANDARD_MAX_MODULUS_BITS` for N (72 of 109 bits
-        at the default, so the default is well above 128-bit security).
-    scale_bits : int, default 28
-        The encoding scale is ``2**scale_bits``: values are encoded as
-        integers ``round(x * 2**scale_bits)``. At least 20, and small enough to
-        leave room for sums (``max_abs_sum >= max_abs_value``).
+        others are the data primes a ciphertext lives modulo (72 bits at the
+        default). Their total must not exceed :data:`HE_STANDARD_MAX_MODULUS_BITS`
+        for N (108 of 109 bits at the default).
+    scale_bits : int, default 62
+        The encoding scale is ``2**scale_bits``. At least 20, and small enough
+        to leave room for sums (``max_abs_sum >= max_abs_value``).
     max_abs_value : float, default 1.0
         Largest ``|v_i|`` a client may encrypt (:meth:`CkksClient.protect`
         refuses larger entries). The sum of at most :attr:`max_clients`
         vectors then cannot overflow the modulus.
-    decryption_noise_factor : float, default 4.0
-        Noise flooding at decryption (see the package docstring): the decryptor
-        adds fresh noise with this many times the standard deviation of the
-        noise the sum carries. At least 1.
+    statistical_security : int, default 40
+        ``s``: whatever an adversary learns about the secret key from all the
+        decryptions it obtains gives it at most a ``2**-s`` advantage (at
+        least 30, OpenFHE's floor).
+    max_decryptions : int, default 65536
+        ``τ``: ciphertext decryptions one key may serve over its life. The
+        decryptor counts them and refuses past ``τ``; the server then makes a
+        new key (a new ceremony). One round decrypts ``ceil(L / N)`` ciphertexts.
 
     Notes
     -----
-    Why the default: aggregation needs only additions, so one data prime is
-    enough, and the wire size of a seeded symmetric ciphertext is set by that
-    prime's bit count alone (about ``bits / 4`` bytes per value before SEAL's
-    zstd pass, which adds ~25%): 36 bits gives 11.5 bytes per parameter, 40
-    bits 12.1. With a 36-bit prime q and scale ``2**28`` a sum decrypts
-    correctly while every entry stays below ``max_abs_sum = q / 2**29`` ≈ 128.
+    **Noise flooding.** A CKKS decryption ``c0 + c1·s`` released in the clear
+    is an exact linear equation in the secret key ``s`` (Li and Micciancio,
+    EUROCRYPT 2021). The decryptor therefore adds fresh Gaussian noise of
+    standard deviation
 
-    Error bound: each entry of a decrypted sum of K fresh ciphertexts carries
-    Gaussian-like error with standard deviation
+    .. math:: \sigma_{flood} = \sqrt{12\,\tau}\; 2^{s/2}\; t
 
-    .. math:: \sigma_K = \sqrt{(1 + F^2) K \nu N / 2 + N / 24} \, / \, 2^{s}
+    to every coefficient before decoding, where ``t`` bounds the error of the
+    ciphertext it decrypts; this is Li, Micciancio, Schultz and Sorrell,
+    "Securing Approximate Homomorphic Encryption Using Differential Privacy",
+    CRYPTO 2022 (Corollary 2, in the coefficient-embedding form OpenFHE's
+    ``CKKS_NOISE_FLOODING.md`` states and implements as ``NOISE_FLOODING_DECRYPT``):
+    then ``τ`` decryptions give an adversary at most a ``2**-s`` advantage in the
+    IND-CPA^D game. For a sum of K fresh SEAL ciphertexts ``t = 21·K``
+    (every error coefficient of one is in [−21, 21]); the decryptor counts K
+    itself from the signed contributions it verified.
 
-    (``ν = 10.58`` is SEAL's per-coefficient encryption-noise variance plus
-    encoding rounding, ``F`` the decryption noise factor, ``s`` the scale
-    bits). :meth:`error_bound` returns ``8 σ_K``, which every entry respects
-    except with probability below 1e-8 for vectors of up to 10^7 entries.
-    Defaults: 5.7e-5 for K = 10, 1.8e-4 for K = 100 (the maxima measured over
-    100,000 entries are about half of that); without flooding (F = 0, not
-    allowed) they would be 4.1 times smaller.
+    **Error.** Each decrypted value carries Gaussian error with standard deviation
+
+    .. math:: \sigma_K = \sqrt{N/2\,(K \nu + \sigma_{flood}^2)} \, / \, 2^{scale}
+
+    (``ν = 10.58``: SEAL's noise variance plus the encoding's rounding).
+    :meth:`error_bound` returns ``8 σ_K``, which every entry respects except
+    with probability below 1e-8 for vectors of up to 10^7 entries. Defaults:
+    1.5e-5 for K = 10 and 1.5e-4 for K = 100 (flooding is >99.99% of it).
+
+    **Why these defaults.** Flooding at ``s = 40`` needs about 34 bits above the
+    ciphertext error, the sum about 9 bits above the scale: 72 data bits.
+    Aggregation needs no multiplication, so the data primes are all the
+    ciphertext carries; two real values per complex slot halve the bytes per
+    value, so a seeded symmetric ciphertext costs about 11.6 bytes per parameter
+    (72 bits per coefficient, zstd-compressed by SEAL), under the 12-byte
+    target.
 
     Examples
     --------
     >>> params = CkksParameters()
-    >>> params.slots, params.ciphertext_count(100_000)
-    (2048, 49)
+    >>> params.values_per_ciphertext, params.ciphertext_count(100_000)
+    (4096, 25)
     >>> CkksParameters(poly_modulus_degree=8192, coeff_mod_bit_sizes=(60, 60, 60, 60, 40))
     Traceback (most recent call last):
     ...
@@ -105,10 +137,11 @@ class CkksParameters:
     """  # noqa: E501
 
     poly_modulus_degree: int = 4096
-    coeff_mod_bit_sizes: tuple[int, ...] = (36, 36)
-    scale_bits: int = 28
+    coeff_mod_bit_sizes: tuple[int, ...] = (36, 36, 36)
+    scale_bits: int = 62
     max_abs_value: float = 1.0
-    decryption_noise_factor: float = 4.0
+    statistical_security: int = 40
+    max_decryptions: int = 2**16
     _primes: tuple[int, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -161,6 +194,18 @@ class CkksParameters:
                 f"{self.data_bits} bits, so scale_bits must be at most {self.data_bits - 2} "
                 "(each bit below that doubles the largest decryptable sum)"
             )
+        security = self.statistical_security
+        if (
+            isinstance(security, bool)
+            or not isinstance(security, int)
+            or security < (_MIN_STATISTICAL_SECURITY)
+        ):
+            raise ValueError(
+                f"statistical_security must be an int >= {_MIN_STATISTICAL_SECURITY} bits "
+                "(decryptions released with less flooding let the server recover the key, Li "
+                f"and Micciancio 2021), got {security!r}"
+            )
+        _positive_int("max_decryptions", self.max_decryptions)
         m = self.max_abs_value
         if not isinstance(m, int | float) or not math.isfinite(m) or m <= 0:
             raise ValueError(f"max_abs_value must be a finite number > 0, got {m!r}")
@@ -169,18 +214,24 @@ class CkksParameters:
                 f"max_abs_value={m} exceeds max_abs_sum={self.max_abs_sum:.4g}: not even one "
                 "vector would decrypt; lower scale_bits or max_abs_value"
             )
-        f = self.decryption_noise_factor
-        if not isinstance(f, int | float) or not math.isfinite(f) or f < 1:
+        worst = self.max_clients
+        tail = _TAIL_SIGMAS * self.flood_coeff_std(worst) + (_CBD_BOUND + 1) * worst
+        if tail > _HEADROOM * self._half_q:
             raise ValueError(
-                "decryption_noise_factor must be a finite number >= 1 (without noise "
-                "flooding a released decryption lets the server recover the key, Li and "
-                f"Micciancio 2021), got {f!r}"
+                f"the flooding noise for a sum of {worst} clients (statistical_security="
+                f"{security}, max_decryptions={self.max_decryptions}) does not fit under the "
+                "data modulus: add data bits or lower max_decryptions"
             )
 
     @property
     def slots(self) -> int:
-        """Values per ciphertext (``poly_modulus_degree / 2``)."""
+        """Complex slots per ciphertext (``poly_modulus_degree / 2``)."""
         return self.poly_modulus_degree // 2
+
+    @property
+    def values_per_ciphertext(self) -> int:
+        """Real values per ciphertext: two per complex slot (``poly_modulus_degree``)."""
+        return self.poly_modulus_degree
 
     @property
     def data_bits(self) -> int:
@@ -193,10 +244,18 @@ class CkksParameters:
         return float(2**self.scale_bits)
 
     @property
+    def _half_q(self) -> float:
+        return float(math.prod(self._primes[:-1]) // 2)
+
+    @property
     def max_abs_sum(self) -> float:
-        """Largest ``|Σ v_i|`` per entry that decrypts correctly (0.1% below the hard limit)."""
-        q = int(math.prod(self._primes[:-1]))
-        return float(0.999 * (q // 2) / 2**self.scale_bits)
+        """Largest ``|Σ v_i|`` per entry that decrypts correctly.
+
+        A coefficient of an encoded vector is at most ``√2·max|entry|·scale``
+        (two values share a complex slot); a share of ``q/2`` stays free for
+        the encryption error and the flooding noise.
+        """
+        return (1 - _HEADROOM) * self._half_q / (math.sqrt(2) * self.scale)
 
     @property
     def max_clients(self) -> int:
@@ -204,18 +263,34 @@ class CkksParameters:
         return int(self.max_abs_sum // self.max_abs_value)
 
     def ciphertext_count(self, length: int) -> int:
-        """Ciphertexts for a vector of ``length`` values (``ceil(length / slots)``)."""
-        if isinstance(length, bool) or not isinstance(length, int) or length < 1:
-            raise ValueError(f"length must be an int >= 1, got {length!r}")
-        return -(-length // self.slots)
+        """Ciphertexts for a vector of ``length`` values (``ceil(length / N)``)."""
+        _positive_int("length", length)
+        return -(-length // self.values_per_ciphertext)
+
+    def ciphertext_error_bound(self, n_clients: int) -> int:
+        """``t``: largest error coefficient of a sum of ``n_clients`` fresh ciphertexts (21·K)."""
+        return _CBD_BOUND * _positive_int("n_clients", n_clients)
+
+    def flood_coeff_std(self, n_clients: int) -> float:
+        """Flooding standard deviation per coefficient, ``√(12τ)·2^(s/2)·t`` (see Notes)."""
+        t = self.ciphertext_error_bound(n_clients)
+        return math.sqrt(12 * self.max_decryptions) * 2 ** (self.statistical_security / 2) * t
+
+    def flood_std(self, n_clients: int) -> float:
+        """The same flooding per decoded value (real or imaginary slot part).
+
+        The canonical embedding is ``√(N/2)`` times an isometry from
+        coefficients to slot parts, so Gaussian slot noise of this standard
+        deviation is Gaussian coefficient noise of :meth:`flood_coeff_std`.
+        """
+        half_n = self.poly_modulus_degree / 2
+        return self.flood_coeff_std(n_clients) * math.sqrt(half_n) / self.scale
 
     def noise_std(self, n_clients: int) -> float:
         """Standard deviation of one entry's error in a decrypted sum of ``n_clients``."""
-        if isinstance(n_clients, bool) or not isinstance(n_clients, int) or n_clients < 1:
-            raise ValueError(f"n_clients must be an int >= 1, got {n_clients!r}")
         half_n = self.poly_modulus_degree / 2
-        flood = self.decryption_noise_factor**2
-        variance = (1 + flood) * n_clients * _COEFF_NOISE_VARIANCE * half_n + half_n / 12
+        flood = self.flood_coeff_std(n_clients) ** 2
+        variance = half_n * (n_clients * _COEFF_NOISE_VARIANCE + flood)
         return math.sqrt(variance) / self.scale
 
     def error_bound(self, n_clients: int) -> float:
@@ -226,15 +301,6 @@ class CkksParameters:
     def primes(self) -> tuple[int, ...]:
         """The coefficient-modulus primes SEAL chose (the key-switching prime last)."""
         return self._primes
-
-    def flood_std(self, n_clients: int) -> float:
-        """Standard deviation of the flooding noise per real and imaginary slot part.
-
-        ``decryption_noise_factor`` times the slot noise a sum of ``n_clients``
-        fresh ciphertexts already carries (see :mod:`fedlearn.privacy.secure.ckks`).
-        """
-        base = math.sqrt(n_clients * _COEFF_NOISE_VARIANCE * self.poly_modulus_degree / 2)
-        return self.decryption_noise_factor * base / self.scale
 
     def seal_parameters(self) -> Any:
         """SEAL's ``EncryptionParameters`` for this parameter set (a fresh object)."""

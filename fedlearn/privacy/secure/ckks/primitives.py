@@ -6,11 +6,12 @@ modules speak only of keys, ciphertexts and sums.
 * :func:`new_secret_context` makes a key (the dealer's job) and the public
   context the server may hold; :func:`load_public_context` refuses a
   "public" context that carries a key.
-* :class:`CkksRing` encrypts as seeded symmetric ciphertexts, loads
-  ciphertexts with every shape check (size, level, NTT form, scale), dumps
-  them and decrypts sums after noise flooding.
-* :func:`key_fingerprint` names a key, :func:`secret_context_label` binds an
-  envelope carrying it to the run, the ceremony and the recipient.
+* :class:`CkksRing` encrypts as seeded symmetric ciphertexts (two real
+  values per complex slot), loads ciphertexts with every shape check (size,
+  level, NTT form, scale), dumps them, reads their key-dependent half
+  (:meth:`CkksRing.c1_residues`) and decrypts sums after noise flooding.
+* :func:`key_fingerprint` names a key, :func:`envelope_label` binds an
+  envelope carrying it to the run, the ceremony, the recipient and the dealer.
 
 SEAL's Python binding serializes only to and from a path: bytes pass through
 an anonymous in-memory file (``memfd``, Linux) or a private temporary
@@ -20,10 +21,13 @@ directory elsewhere.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import os
+import struct
 import sys
 import tempfile
+import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -40,14 +44,14 @@ __all__ = [
     "CkksRing",
     "ContextProto",
     "VectorProto",
+    "envelope_label",
     "key_fingerprint",
     "load_public_context",
     "new_secret_context",
-    "secret_context_label",
 ]
 
 _FINGERPRINT_TAG = b"fedlearn/ckks/key-fingerprint/v1\x00"
-_LABEL_TAG = "fedlearn/ckks/secret-context/v1"
+_LABEL_TAG = "fedlearn/ckks/secret-context/v2"
 _ENCRYPTION_SYMMETRIC = 1
 
 
@@ -56,9 +60,18 @@ def key_fingerprint(secret_context: bytes) -> str:
     return hashlib.sha256(_FINGERPRINT_TAG + secret_context).hexdigest()
 
 
-def secret_context_label(run_id: int, ceremony_id: str, node_id: int) -> bytes:
-    """The envelope label binding a sealed key to its run, ceremony and recipient node."""
-    return f"{_LABEL_TAG}/run={run_id}/ceremony={ceremony_id}/node={node_id}".encode()
+def envelope_label(
+    *, run_id: int, ceremony_id: str, node_id: int, recipient: bytes, dealer: bytes
+) -> bytes:
+    """The label binding a sealed key to its run, ceremony, recipient and dealer.
+
+    An envelope relayed to another node, another identity, or presented as
+    coming from another dealer does not open.
+    """
+    return (
+        f"{_LABEL_TAG}/run={run_id}/ceremony={ceremony_id}/node={node_id}"
+        f"/recipient={recipient.hex()}/dealer={dealer.hex()}"
+    ).encode()
 
 
 def new_secret_context(params: CkksParameters) -> tuple[bytes, bytes]:
@@ -233,11 +246,18 @@ class CkksRing:
             self._decryptor = sealapi.Decryptor(self.context, key)
 
     def encrypt(self, vector: NDArray[np.float64]) -> list[bytes]:
-        """Seeded symmetric ciphertexts of ``vector``, ``slots`` values each."""
-        slots, out = self.params.slots, []
-        for start in range(0, vector.size, slots):
+        """Seeded symmetric ciphertexts of ``vector``, N values each (two per complex slot).
+
+        Values ``2k`` and ``2k + 1`` of a chunk are the real and imaginary part of
+        slot ``k``; an odd chunk is padded with a zero.
+        """
+        per, out = self.params.values_per_ciphertext, []
+        for start in range(0, vector.size, per):
+            chunk = vector[start : start + per]
+            if chunk.size % 2:
+                chunk = np.append(chunk, 0.0)
             plain = sealapi.Plaintext()
-            self.encoder.encode(vector[start : start + slots].tolist(), self.params.scale, plain)
+            self.encoder.encode((chunk[0::2] + 1j * chunk[1::2]).tolist(), self.params.scale, plain)
             out.append(_save(self._encryptor.encrypt_symmetric(plain).save))
         return out
 
@@ -262,12 +282,34 @@ class CkksRing:
         """SEAL's serialization of a ciphertext."""
         return _save(ct.save)
 
+    def add(self, cts: list[Any]) -> Any:
+        """The sum of ciphertexts (the first is added to in place)."""
+        total = cts[0]
+        for ct in cts[1:]:
+            self.evaluator.add_inplace(total, ct)
+        return total
+
+    def c1_residues(self, ct: Any) -> NDArray[np.uint64]:
+        """The second polynomial ``c1`` of a two-part ciphertext, shape ``(primes, N)``.
+
+        ``c1`` is the half of a ciphertext that meets the secret key in
+        decryption (``c0 + c1·s``); its residues are what the sum MAC
+        (:mod:`.summac`) authenticates. Read in NTT form, prime by prime, as
+        SEAL stores it.
+        """
+        n, primes = self.params.poly_modulus_degree, ct.coeff_modulus_size()
+        values = _dyn_array_values(ct.dyn_array())
+        if values.size != ct.size() * primes * n:
+            raise ValueError("unexpected ciphertext layout")
+        return values[primes * n : 2 * primes * n].reshape(primes, n)
+
     def decrypt_flooded(self, ct: Any, *, count: int, n_clients: int) -> NDArray[np.float64]:
-        """Decrypt the first ``count`` slots of ``ct`` after noise flooding.
+        """Decrypt the first ``count`` values of ``ct`` (a sum of ``n_clients``) after flooding.
 
         Fresh Gaussian noise from the OS CSPRNG over every real and imaginary
-        slot part (:meth:`CkksParameters.flood_std`), so a released decryption
-        is no exact linear equation in the key (see the package docstring).
+        slot part (:meth:`CkksParameters.flood_std`), i.e. Gaussian noise of
+        :meth:`CkksParameters.flood_coeff_std` on every coefficient, so the
+        released decryption is no exact linear equation in the key.
         """
         noise = gaussian(2 * self.params.slots, self.params.flood_std(n_clients))
         flood = sealapi.Plaintext()
@@ -276,8 +318,60 @@ class CkksRing:
         self.evaluator.add_plain_inplace(ct, flood)
         plain = sealapi.Plaintext()
         self._decryptor.decrypt(ct, plain)
-        values = np.asarray(self.encoder.decode_double(plain), dtype=np.float64)
+        slots = np.asarray(self.encoder.decode_complex(plain), dtype=np.complex128)
+        values = np.empty(2 * slots.size, dtype=np.float64)
+        values[0::2], values[1::2] = slots.real, slots.imag
         return values[:count]
+
+
+_SEAL_MAGIC = 0xA15E
+_SEAL_HEADER = struct.Struct("<HBBBBHQ")
+_COMPR_NONE, _COMPR_ZLIB, _COMPR_ZSTD = 0, 1, 2
+
+
+def _zstd_decompress(data: bytes, size: int) -> bytes | None:
+    """Decompress with the zstd SEAL links into TenSEAL's binding (``None`` if not exported)."""
+    try:
+        import _sealapi_cpp
+
+        lib = ctypes.CDLL(_sealapi_cpp.__file__)
+        decompress = lib.ZSTD_decompress
+    except (ImportError, OSError, AttributeError):  # pragma: no cover - other TenSEAL builds
+        return None
+    decompress.restype = ctypes.c_size_t
+    decompress.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t]
+    out = ctypes.create_string_buffer(size)
+    if decompress(out, size, data, len(data)) != size:
+        return None
+    return out.raw
+
+
+def _dyn_array_values(array: Any) -> NDArray[np.uint64]:
+    """A SEAL ``DynArray<uint64>`` as numpy: its own serialization, decompressed.
+
+    SEAL writes a 16-byte header, then (compressed as the header says) the
+    element count and the elements. Element-wise reading is the fallback
+    (about 25 ms per ciphertext instead of 2).
+    """
+    count = int(array.size())
+    raw = _save(array.save)
+    magic, header_size, _, _, mode, _, total = _SEAL_HEADER.unpack_from(raw)
+    body: bytes | None = None
+    if magic == _SEAL_MAGIC and header_size == _SEAL_HEADER.size and total == len(raw):
+        payload, expected = raw[header_size:], 8 * (count + 1)
+        if mode == _COMPR_NONE:
+            body = payload
+        elif mode == _COMPR_ZLIB:
+            body = zlib.decompress(payload)
+        elif mode == _COMPR_ZSTD:
+            body = _zstd_decompress(payload, expected)
+        if body is not None and (
+            len(body) != expected or struct.unpack_from("<Q", body)[0] != count
+        ):
+            body = None
+    if body is None:  # pragma: no cover - only for builds without the fast path
+        return np.fromiter((array[i] for i in range(count)), dtype=np.uint64, count=count)
+    return np.frombuffer(body, dtype="<u8", offset=8).astype(np.uint64)
 
 
 def _check_context_parameters(proto: Any, params: CkksParameters) -> None:
