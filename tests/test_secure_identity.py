@@ -127,9 +127,14 @@ def test_names_and_where_the_key_lives(tmp_path: Path, monkeypatch: pytest.Monke
     assert named.name == "h"
     partition, _ = node_identity(_context(1, **{"identity-dir": str(tmp_path), "partition-id": 3}))
     assert partition.name == "partition-3" and partition.public == named.public
-    # A real holder's SuperNode (it reads a data file) keeps its key in FEDLEARN_HOME.
-    monkeypatch.setenv("FEDLEARN_HOME", str(tmp_path / "home"))
+    # A real holder's SuperNode (it reads a data file) keeps its key in its own home ...
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path / "node"))
     real, _ = node_identity(_context(1, **{"data-path": "/data.csv"}))
+    assert (tmp_path / "node" / "fedlearn-identity" / "ckks-identity.key").exists()
+    # ... or, without one, in FEDLEARN_HOME.
+    monkeypatch.delenv("FLWR_HOME")
+    monkeypatch.setenv("FEDLEARN_HOME", str(tmp_path / "home"))
+    assert node_identity(_context(1, **{"data-path": "/d.csv"}))[0].public != real.public
     assert (tmp_path / "home" / "identity" / "ckks-identity.key").exists()
     # A simulated holder: a key per run in the node state, and pins there too.
     context = _context(1, **{"partition-id": 0})

@@ -19,7 +19,9 @@ key is 32 bytes and its fingerprint short enough to read aloud.
 Where the key lives (:func:`node_identity`)
 -------------------------------------------
 * ``node_config["identity-dir"]``, else, for a real holder's SuperNode (its node
-  config names a ``data-path``), ``$FEDLEARN_HOME/identity`` or
+  config names a ``data-path``), the SuperNode's own home ``$FLWR_HOME``
+  (which ``fedlearn client`` always sets, one per holder) under
+  ``fedlearn-identity/``, else ``$FEDLEARN_HOME/identity`` or
   ``~/.fedlearn/identity``: ``ckks-identity.key`` (32 raw bytes, created 0600
   atomically, directory 0700) and the pin file ``ckks-pins.json``. Both
   persist across runs: one identity directory per holder and federation.
@@ -398,17 +400,23 @@ def _policy(context: Context) -> NewHolders:
     return cast(NewHolders, policy)
 
 
+def _identity_dir(context: Context) -> Path | None:
+    """Where a real holder keeps its identity; ``None`` for a simulated one."""
+    config = context.node_config
+    if config.get("identity-dir"):
+        return Path(str(config["identity-dir"]))
+    if not config.get("data-path"):
+        return None
+    node_home = os.environ.get("FLWR_HOME")
+    return Path(node_home) / "fedlearn-identity" if node_home else default_identity_dir()
+
+
 def node_identity(context: Context) -> tuple[HolderIdentity, IdentityPins]:
     """The node's identity and pins (see the module docstring for where they live).
 
     Call :meth:`save_node_pins` after accepting new identities so they persist.
     """
-    config = context.node_config
-    directory: Path | None = None
-    if config.get("identity-dir"):
-        directory = Path(str(config["identity-dir"]))
-    elif config.get("data-path"):
-        directory = default_identity_dir()
+    directory = _identity_dir(context)
     policy = _policy(context)
     if directory is not None:
         private_directory(directory)

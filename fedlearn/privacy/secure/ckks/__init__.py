@@ -28,10 +28,13 @@ clients. Every stage request is untrusted:
 
 * **Identities.** Each holder has an Ed25519 identity key, a name and a pin
   file of the identities it has seen (:class:`~fedlearn.privacy.secure.identity.IdentityPins`):
-  a known name with another key is refused loudly; new names are pinned on
-  first use with their fingerprint logged, or refused under the
-  ``ckks-new-holders = "refuse"`` policy after the holder pinned the operator's
-  registration list itself.
+  a known name with another key (or a known key under another name) is
+  refused loudly. New identities are trusted on first use during the holder's
+  first run in the federation, each fingerprint logged for comparison with the
+  operator's registration list; after that run the membership is closed
+  (``ckks-new-holders``: ``"refuse"`` closes it from the start, once the holder
+  pinned the list itself; ``"pin"`` keeps it open). A key is only ever shared
+  among identities every holder of it believes: the grant names them all.
 * **The ceremony is authenticated end to end.** A registration is signed by
   the registering identity over its X25519 key, the run, the ceremony and its
   node; the dealer seals only to recipients whose registration verifies and
@@ -62,9 +65,11 @@ clients. Every stage request is untrusted:
 
 What remains: one key is shared by all holders, so a holder colluding with
 the server gives it every update (threshold CKKS would split the key; TenSEAL
-has none). Trust on first use trusts the identities the operator registers
-the first time a holder meets a federation, unless the holder pins them
-beforehand.
+has none), and the floor counts colluding holders like any others. Trust on
+first use trusts the identities the operator registers during a holder's first
+run, unless the holder pins them beforehand. If the custodian goes silent, the
+round is lost and the next round makes a new key (no other holder decrypts:
+a second decryptor would allow a second, differing sum of the round).
 
 Wire format and size
 --------------------

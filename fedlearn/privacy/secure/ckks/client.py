@@ -203,11 +203,13 @@ class CkksClient(ClientProtocol):
         state["x25519-private"] = private
         state["x25519-public"] = public.hex()
         state["registered-for"] = ceremony_id
-        log.info(
-            "CKKS: holder %r registers for key ceremony %s with identity %s",
+        # Printed where a real holder sees it: the fingerprint the operator's list must show.
+        log.log(
+            logging.WARNING if pins.path is not None else logging.DEBUG,
+            "CKKS: this holder is %r with identity %s (key ceremony %s)",
             identity.name,
-            ceremony_id,
             identity.fingerprint,
+            ceremony_id,
         )
         return request(
             CkksStage.REGISTER,
