@@ -224,7 +224,10 @@ def server(
         Path | None, typer.Option(help="Continue this run directory from its last checkpoint.")
     ] = None,
     host: Annotated[str, typer.Option(help="Address SuperNodes connect to.")] = "0.0.0.0",
-    port: Annotated[int, typer.Option(help="SuperLink port (Fleet + Control APIs).")] = 9092,
+    port: Annotated[
+        int,
+        typer.Option(help="The federation's port (Fleet API; Control API: operator only)."),
+    ] = 9092,
     certificates: Annotated[
         Path | None,
         typer.Option(help="Folder with ca.crt, server.pem, server.key (default: create a CA)."),
@@ -376,6 +379,13 @@ def client(
             "$FEDLEARN_WALLET_PASSWORD). Default: $FEDLEARN_WALLET_KEY."
         ),
     ] = None,
+    trust_app_hash: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="SHA-256 of another app bundle you reviewed and will run (repeatable). "
+            "Without it only fedlearn's own app, at your installed version, runs."
+        ),
+    ] = None,
 ) -> None:
     """Join a federation as a data holder: train on your own file; the data never leaves.
 
@@ -384,7 +394,9 @@ def client(
     --config to check it right now.
     """
     import os
+    import tempfile
 
+    from fedlearn.app_trust import AppTrust, serve_tasks
     from fedlearn.data import load_file, schema_for
     from fedlearn.deployment import flower_process_env, supernode_command
     from fedlearn.privacy import PrivacyBudget
@@ -404,6 +416,10 @@ def client(
         )
     if root_certificates is not None and not root_certificates.is_file():
         raise _fail(f"CA certificate not found: {root_certificates}")
+    try:
+        trust = AppTrust.for_holder(trust_app_hash or ())
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
     if config is not None:
         try:
             cfg = RunConfig.load(config)
@@ -440,12 +456,17 @@ def client(
             err.print(f"one round costs ε={one_round:.3f}; your budget is ε={epsilon_budget}")
     if insecure:
         err.print("[bold red]WARNING: --insecure: no TLS; your updates travel in the clear.[/]")
+    runtime_port = port or free_port()
+    private = Path(tempfile.mkdtemp(prefix="fedlearn-client-"))  # 0700
+    secret = private / "superexec.secret"
+    secret.touch(mode=0o600)
+    secret.write_bytes(os.urandom(32))
     try:
         cmd = supernode_command(
             superlink=superlink,
             data_path=data,
             root_certificates=root_certificates,
-            port=port or free_port(),
+            port=runtime_port,
             label_column=label_column,
             partition_id=partition_id,
             auth_key=auth_key,
@@ -453,6 +474,7 @@ def client(
             delta=delta if epsilon_budget is not None else None,
             ledger_dir=ledger_dir,
             wallet_keystore=wallet_keystore,
+            superexec_secret=secret,
         )
     except ValueError as exc:
         raise _fail(str(exc)) from None
@@ -465,8 +487,21 @@ def client(
             raise _fail(str(exc), "check the keystore and $FEDLEARN_WALLET_PASSWORD") from None
     home = Path(os.environ.get("FLWR_HOME", Path.home() / ".flwr"))
     err.print(f"joining {superlink} with {data} (raw data stays on this machine)")
-    # Become the SuperNode: whoever started `fedlearn client` owns its PID.
-    os.execve(cmd[0], cmd, flower_process_env(home))
+    err.print(f"this client runs only {trust.describe()}; any other app is refused")
+    try:
+        code = serve_tasks(
+            supernode=cmd,
+            env=flower_process_env(home),
+            runtime_api_address=f"127.0.0.1:{runtime_port}",
+            secret_file=secret,
+            trust=trust,
+            log_dir=private,
+        )
+    finally:
+        import shutil
+
+        shutil.rmtree(private, ignore_errors=True)
+    raise typer.Exit(code)
 
 
 _RUN_HELP = "The run directory (it holds the published attestation bundles)."

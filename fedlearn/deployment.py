@@ -1,10 +1,13 @@
 """Flower's Deployment Engine: SuperLink, SuperNodes and run submission.
 
 ``fedlearn server`` starts a SuperLink (TLS unless insecure, optional
-SuperNode authentication) and submits the run as a Flower App whose
-components are fedlearn's installed ``ServerApp``/``ClientApp``; data holders
-join with ``fedlearn client``, which starts a SuperNode pointed at their file.
-We write no transport or scheduler of our own: Flower is the engine.
+SuperNode authentication) on loopback behind a Fleet-only front on the
+federation's port (:mod:`fedlearn.control_plane` says why), and submits the
+run as a Flower App whose components are fedlearn's installed
+``ServerApp``/``ClientApp``, with the operator's credential. Data holders join
+with ``fedlearn client``, which starts a SuperNode pointed at their file that
+runs only the apps the holder trusts (:mod:`fedlearn.app_trust`). We write no
+transport or scheduler of our own: Flower is the engine.
 """
 
 from __future__ import annotations
@@ -22,15 +25,26 @@ from typing import Any
 
 import tomli_w
 
+from fedlearn import __version__
+from fedlearn.control_plane import (
+    Loopback,
+    front_command,
+    loopback_superlink,
+    store_operator_credential,
+    token_digest,
+)
+from fedlearn.files import private_directory, run_secrets
 from fedlearn.history import History
-from fedlearn.processes import ProcessGroup, https_healthy, wait_until
+from fedlearn.processes import ProcessGroup, free_port, https_healthy, wait_until
 from fedlearn.simulation import flower_environment
 from fedlearn.tls import Certificates
 
 __all__ = [
     "FlowerCli",
     "SuperLinkSettings",
+    "app_pyproject",
     "flower_process_env",
+    "operator_home",
     "serve",
     "superlink_command",
     "supernode_command",
@@ -64,7 +78,9 @@ def flower_process_env(flwr_home: str | Path) -> dict[str, str]:
 class SuperLinkSettings:
     """How to start a SuperLink.
 
-    ``certificates=None`` means insecure (plain HTTP/gRPC), which must be asked for.
+    ``host:port`` is the federation's address (the Fleet-only front listens
+    there, with ``certificates``); the SuperLink itself listens on loopback.
+    ``certificates=None`` means insecure (plain HTTP), which must be asked for.
     """
 
     host: str = "0.0.0.0"
@@ -78,22 +94,27 @@ class SuperLinkSettings:
             raise ValueError("SuperNode authentication requires TLS; drop --insecure")
 
 
-def superlink_command(settings: SuperLinkSettings) -> list[str]:
-    """The ``flower-superlink`` command line (Fleet, Control and Runtime APIs on one port)."""
+def superlink_command(settings: SuperLinkSettings, loopback: Loopback) -> list[str]:
+    """The ``flower-superlink`` command line, bound to ``loopback`` only.
+
+    Flower serves the Fleet, Control and Runtime APIs on this one port; only
+    the front (:func:`fedlearn.control_plane.front_command`) is reachable from
+    other hosts.
+    """
     cmd = [
         str(_BIN / "flower-superlink"),
         "--host",
-        settings.host,
+        "127.0.0.1",
         "--port",
-        str(settings.port),
+        str(loopback.port),
         "--disable-runtime-dependency-installation",
     ]
     if settings.database is not None:
         cmd += ["--database", str(settings.database)]
-    if settings.certificates is None:
+    if loopback.certificates is None:
         cmd.append("--insecure")
     else:
-        certs = settings.certificates
+        certs = loopback.certificates
         cmd += [
             "--ssl-ca-certfile",
             str(certs.ca),
@@ -120,10 +141,14 @@ def supernode_command(
     delta: float | None = None,
     ledger_dir: Path | None = None,
     wallet_keystore: Path | None = None,
+    superexec_secret: Path | None = None,
 ) -> list[str]:
     """The ``flower-supernode`` command line of one data holder.
 
-    ``root_certificates=None`` means insecure.
+    ``root_certificates=None`` means insecure. The SuperNode runs no app
+    itself (``--isolation process``): :func:`fedlearn.app_trust.serve_tasks`
+    acquires its tasks, signing with ``superexec_secret``, and runs only
+    trusted app bundles.
     """
     data = str(data_path.resolve())
     if "'" in data or (label_column is not None and "'" in label_column):
@@ -157,7 +182,11 @@ def supernode_command(
         str(port),
         "--node-config",
         node_config,
+        "--isolation",
+        "process",
     ]
+    if superexec_secret is not None:
+        cmd += ["--superexec-auth-secret-file", str(superexec_secret.resolve())]
     if root_certificates is None:
         cmd.append("--insecure")
     else:
@@ -167,14 +196,17 @@ def supernode_command(
     return cmd
 
 
-def write_app(directory: Path) -> Path:
-    """Write the Flower App (a ``pyproject.toml`` naming fedlearn's installed components)."""
-    directory.mkdir(parents=True, exist_ok=True)
+def app_pyproject() -> str:
+    """The Flower App's ``pyproject.toml``: fedlearn's installed components, its version.
+
+    The app bundle holds only this file, so its hash names "the app of
+    fedlearn at this version" (what :mod:`fedlearn.app_trust` lets holders run).
+    """
     project = {
         "build-system": {"requires": ["hatchling"], "build-backend": "hatchling.build"},
         "project": {
             "name": "fedlearn-run",
-            "version": "1.0.0",
+            "version": __version__,
             "description": "A fedlearn federation",
             "license": "Apache-2.0",
             "dependencies": [],
@@ -192,7 +224,13 @@ def write_app(directory: Path) -> Path:
             }
         },
     }
-    (directory / "pyproject.toml").write_text(tomli_w.dumps(project), encoding="utf-8")
+    return tomli_w.dumps(project)
+
+
+def write_app(directory: Path) -> Path:
+    """Write the Flower App (:func:`app_pyproject`, alone) into ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "pyproject.toml").write_text(app_pyproject(), encoding="utf-8")
     return directory
 
 
@@ -204,8 +242,20 @@ def _last_json(text: str) -> dict[str, Any]:
     return parsed
 
 
+def operator_home(run_dir: Path) -> Path:
+    """The operator's ``FLWR_HOME``: the SuperLink connection and the operator's credential.
+
+    ``RUN_DIR/secrets/operator`` (0700): whoever can read it controls the federation.
+    """
+    return run_secrets(run_dir.resolve()) / "operator"
+
+
 class FlowerCli:
-    """The ``flwr`` command line, pointed at one SuperLink through its own FLWR_HOME."""
+    """The ``flwr`` command line, pointed at one SuperLink through its own FLWR_HOME.
+
+    The Control API answers only a ``FLWR_HOME`` holding the operator's
+    credential (:func:`operator_home`); any other home is a stranger's.
+    """
 
     def __init__(self, *, address: str, ca: Path | None, home: Path) -> None:
         self.home = home
@@ -296,17 +346,51 @@ def serve(
     status_file = run_dir / "status.json"
     status_file.unlink(missing_ok=True)
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    address = f"{host}:{settings.port}"
     with ProcessGroup(run_dir / "logs") as group:
         env = flower_process_env(run_dir / ".flwr" / "superlink")
-        group.start("superlink", superlink_command(settings), env)
-        ca = settings.certificates.ca if settings.certificates else None
+        loopback = loopback_superlink(
+            private_directory(run_secrets(run_dir) / "loopback-tls"),
+            port=free_port(),
+            tls=settings.certificates is not None,
+        )
+        group.start("superlink", superlink_command(settings, loopback), env)
         wait_until(
-            lambda: https_healthy(host, settings.port, ca),
+            lambda: https_healthy(
+                "127.0.0.1",
+                loopback.port,
+                loopback.certificates.ca if loopback.certificates else None,
+            ),
             timeout=60,
             what="SuperLink",
             check=lambda: group.check_alive("superlink"),
         )
-        cli = FlowerCli(address=f"{host}:{settings.port}", ca=ca, home=run_dir / ".flwr" / "cli")
+        home = private_directory(operator_home(run_dir))
+        token = store_operator_credential(home, address)
+        group.start(
+            "front",
+            front_command(
+                host=settings.host,
+                port=settings.port,
+                certificates=settings.certificates,
+                loopback=loopback,
+                operator_digest=token_digest(token),
+            ),
+            env,
+        )
+        ca = settings.certificates.ca if settings.certificates else None
+        wait_until(
+            lambda: https_healthy(host, settings.port, ca),
+            timeout=60,
+            what="the federation's port",
+            check=lambda: group.check_alive("superlink", "front"),
+        )
+        cli = FlowerCli(address=address, ca=ca, home=home)
+        log.info(
+            "Flower's CLI with the operator's credential: FLWR_HOME=%s flwr ls %s",
+            home,
+            _CONNECTION,
+        )
         for key in authorized_keys:
             cli.register_node(key)
         app_dir = write_app(run_dir / "app")
@@ -319,7 +403,7 @@ def serve(
         last_status_check = time.monotonic()
         deadline = time.monotonic() + timeout
         while True:
-            group.check_alive("superlink")
+            group.check_alive("superlink", "front")
             history_file = run_dir / "history.json"
             if history_file.exists() and on_progress is not None:
                 history = History.load(history_file)

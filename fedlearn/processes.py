@@ -10,6 +10,7 @@ for survivors.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import subprocess
@@ -99,23 +100,41 @@ class ProcessGroup:
         self.stop()
 
     def start(
-        self, name: str, cmd: Sequence[str], env: Mapping[str, str]
+        self, name: str, cmd: Sequence[str], env: Mapping[str, str], *, log: bool = True
     ) -> subprocess.Popen[bytes]:
-        """Start ``cmd`` in a new session, output to ``LOG_DIR/NAME.log``."""
+        """Start ``cmd`` in a new session, output to ``LOG_DIR/NAME.log``.
+
+        With ``log=False`` the process writes to this process's stdout and stderr.
+        """
         if name in self.procs:
             raise ValueError(f"a process named {name!r} was already started")
-        with (self.log_dir / f"{name}.log").open("wb") as log:
+        with contextlib.ExitStack() as stack:
+            output = stack.enter_context((self.log_dir / f"{name}.log").open("wb")) if log else None
             proc = subprocess.Popen(
                 list(cmd),
                 env=dict(env),
-                stdout=log,
-                stderr=subprocess.STDOUT,
+                stdout=output,
+                stderr=subprocess.STDOUT if log else None,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
         self.procs[name] = proc
         self._remember()
         return proc
+
+    def reap(self) -> dict[str, int]:
+        """Forget the processes that have exited (their descendants stay tracked).
+
+        Returns
+        -------
+        dict of str to int
+            Exit codes of the processes forgotten now, by name.
+        """
+        self._remember()
+        done = {name: p.returncode for name, p in self.procs.items() if p.poll() is not None}
+        for name in done:
+            del self.procs[name]
+        return done
 
     def log_tail(self, name: str, chars: int = 3000) -> str:
         """The end of a process's log."""

@@ -15,7 +15,7 @@ import tomli_w
 from fedlearn.checkpoint import load_latest
 from fedlearn.config import RunConfig
 from fedlearn.data import iid_partition, load_bundled, split_train_test, write_csv
-from fedlearn.deployment import FlowerCli
+from fedlearn.deployment import FlowerCli, operator_home
 from fedlearn.history import History
 from fedlearn.processes import ProcessGroup, free_port, https_healthy, wait_until
 from fedlearn.tls import make_certificates, make_node_keypair
@@ -167,7 +167,8 @@ def test_supernode_authentication_refuses_an_unregistered_node(federation: dict[
             env=_env(root / "home-member"),
         )
         # The registered node is accepted: the SuperLink lists it as online.
-        cli = FlowerCli(address=f"127.0.0.1:{port}", ca=certs.ca, home=root / "operator")
+        # The Control API answers only the operator's credential (`fedlearn server` wrote it).
+        cli = FlowerCli(address=f"127.0.0.1:{port}", ca=certs.ca, home=operator_home(root / "run"))
 
         def member_online() -> bool:
             nodes = cli.call("supernode", "list", "fedlearn")["nodes"]
