@@ -78,6 +78,22 @@ def _federation(root: Path, *, run_id: int, length: int = 100, **extra: Any) -> 
     return fed
 
 
+def _second_run(root: Path) -> Federation:
+    """The same holders in a second run: run 1 made (and pinned) the federation's key."""
+    _federation(root, run_id=1).setup(NODES)
+    return _federation(root, run_id=2)
+
+
+def _invented(
+    name: str, *, node: int, public_key: bytes, run_id: int, ceremony: str
+) -> Registration:
+    """A registration the server makes for an identity of its own: well formed, self-signed."""
+    identity = HolderIdentity.generate(name)
+    unsigned = Registration(node, name, identity.public, public_key, b"")
+    signature = identity.sign(unsigned.statement(run_id=run_id, ceremony_id=ceremony))
+    return Registration(node, name, identity.public, public_key, signature)
+
+
 def _registered(fed: Federation, ceremony: str) -> dict[int, Registration]:
     """Register every node for ``ceremony`` (the server's first, honest step)."""
     out = {}
@@ -291,9 +307,7 @@ def test_swapped_envelopes_and_grants_are_refused(tmp_path: Path) -> None:
 def test_a_dealer_never_seals_the_key_to_a_substituted_recipient(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    first = _federation(tmp_path, run_id=1)
-    first.setup(NODES)
-    fed = _federation(tmp_path, run_id=2)
+    fed = _second_run(tmp_path)
     registrations = _registered(fed, "c")
     _, server_public = generate_keypair()  # the server keeps the private half
 
@@ -316,39 +330,26 @@ def test_a_dealer_never_seals_the_key_to_a_substituted_recipient(
         assert sorted(names) == ["hospital-1", "hospital-2"]  # the key's members say so
         return caplog.text
 
-    def signed_by(identity: HolderIdentity, name: str) -> Registration:
-        unsigned = Registration(3, name, identity.public, server_public, b"")
-        signature = identity.sign(unsigned.statement(run_id=2, ceremony_id="c"))
-        return Registration(3, name, identity.public, server_public, signature)
-
     # Node 3's identity and signature, the server's X25519 key: the signature fails.
     swapped = Registration(
         3, "hospital-3", registrations[3].identity, server_public, registrations[3].signature
     )
     assert "not signed by its identity" in deal(swapped)
     # The server's own identity under node 3's (known) name: a pin mismatch, loudly.
-    assert "'hospital-3' presented identity" in deal(
-        signed_by(HolderIdentity.generate("x"), "hospital-3")
-    )
+    invented = {"node": 3, "public_key": server_public, "run_id": 2, "ceremony": "c"}
+    assert "'hospital-3' presented identity" in deal(_invented("hospital-3", **invented))
     # The server's own identity under a new name: not a registered holder.
-    assert "accepts no new holders" in deal(signed_by(HolderIdentity.generate("x"), "sybil"))
+    assert "accepts no new holders" in deal(_invented("sybil", **invented))
 
 
 def test_the_custodian_never_reshares_to_an_invented_newcomer(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    first = _federation(tmp_path, run_id=1)
-    first.setup(NODES)
-    fed = _federation(tmp_path, run_id=2)
+    fed = _second_run(tmp_path)
     fed.setup(NODES)
     ceremony = fed.server._key.ceremony_id  # type: ignore[union-attr]
     _, server_public = generate_keypair()
-    invented = HolderIdentity.generate("late-joiner")
-    sybil = Registration(9, "late-joiner", invented.public, server_public, b"")
-    sybil = Registration(
-        9, "late-joiner", invented.public, server_public,
-        invented.sign(sybil.statement(run_id=2, ceremony_id=ceremony)),
-    )  # fmt: skip
+    sybil = _invented("late-joiner", node=9, public_key=server_public, run_id=2, ceremony=ceremony)
     content = request(
         CkksStage.RESHARE,
         **{"ceremony-id": ceremony, "recipients": [9], "names": ["late-joiner"]},
@@ -569,10 +570,8 @@ def test_fewer_than_the_floor_of_distinct_key_holders_is_refused() -> None:
 def test_a_holder_whose_key_changed_is_refused_loudly_and_the_others_go_on(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    first = _federation(tmp_path, run_id=1)
-    first.setup(NODES)
     # Run 2: hospital-3 comes back with a new identity key (its identity folder was lost).
-    fed = _federation(tmp_path, run_id=2)
+    fed = _second_run(tmp_path)
     fed.grid.contexts[3].node_config["identity-dir"] = str(tmp_path / "holder-3-new")
     with caplog.at_level(logging.ERROR):
         records = fed.setup(NODES)

@@ -298,19 +298,28 @@ class CkksClient(ClientProtocol):
             out[f"grant-{recipient.node}"] = identity.sign(grant)
         return out
 
-    def _deal(self, msg: Message, context: Context) -> RecordDict:
-        config, blobs = read_fields(msg, CkksStage.DEAL)
-        ceremony_id = read_str(config, "ceremony-id")
-        state = self._state(context)
-        if state.get("registered-for") != ceremony_id:
-            raise ValueError(f"this node did not register for ceremony {ceremony_id}")
+    def _share(
+        self,
+        msg: Message,
+        context: Context,
+        *,
+        ceremony_id: str,
+        key: tuple[str, bytes],
+        members: dict[bytes, str],
+        **fields: bytes,
+    ) -> tuple[RecordDict, dict[bytes, str]]:
+        """Seal ``key`` (fingerprint, secret) to the verified recipients: the reply, the members."""
+        config, blobs = read_fields(msg, stage_of(msg))
+        fingerprint_, secret = key
         identity, pins = node_identity(context)
         recipients, refused = self._recipients(
             config, blobs, context, ceremony_id=ceremony_id, identity=identity, pins=pins
         )
-        secret, public_context = new_secret_context(self._params)
-        fingerprint_ = key_fingerprint(secret)
-        members = {identity.public: identity.name} | {r.identity: r.name for r in recipients}
+        members = dict(members)
+        for registration in recipients:
+            if members.get(registration.identity, registration.name) != registration.name:
+                raise IdentityError(f"{registration.name!r} is a member under another name")
+            members[registration.identity] = registration.name
         envelopes = self._seal_and_grant(
             context,
             ceremony_id=ceremony_id,
@@ -320,6 +329,39 @@ class CkksClient(ClientProtocol):
             recipients=recipients,
             members=members,
         )
+        save_node_pins(context, pins)
+        log.info(
+            "CKKS: key %s of ceremony %s sealed to %s",
+            fingerprint_[:16],
+            ceremony_id,
+            ", ".join(f"{r.name!r} {fingerprint(r.identity)}" for r in recipients) or "nobody",
+        )
+        reply = request(
+            stage_of(msg),
+            fingerprint=fingerprint_,
+            refused=refused,
+            **{"member-names": pack_members(members)[0]},
+            **fields,
+            **envelopes,
+        )
+        return reply, members
+
+    def _deal(self, msg: Message, context: Context) -> RecordDict:
+        config, _ = read_fields(msg, CkksStage.DEAL)
+        ceremony_id = read_str(config, "ceremony-id")
+        if self._state(context).get("registered-for") != ceremony_id:
+            raise ValueError(f"this node did not register for ceremony {ceremony_id}")
+        identity, _ = node_identity(context)
+        secret, public_context = new_secret_context(self._params)
+        fingerprint_ = key_fingerprint(secret)
+        reply, members = self._share(
+            msg,
+            context,
+            ceremony_id=ceremony_id,
+            key=(fingerprint_, secret),
+            members={identity.public: identity.name},
+            **{"public-context": public_context},
+        )
         self._keep(
             context,
             ceremony_id=ceremony_id,
@@ -328,23 +370,11 @@ class CkksClient(ClientProtocol):
             custodian=identity.public,
             custodian_name=identity.name,
         )
-        state["members"] = json.dumps({k.hex(): name for k, name in members.items()})
+        state = self._state(context)
+        state["members"] = json.dumps({k.hex(): n for k, n in members.items()})
         state["last-decrypted-round"] = -1
         state["decrypted"] = 0
-        save_node_pins(context, pins)
-        log.info(
-            "CKKS: dealt key %s of ceremony %s to %s",
-            fingerprint_[:16],
-            ceremony_id,
-            ", ".join(f"{r.name!r} {fingerprint(r.identity)}" for r in recipients) or "nobody",
-        )
-        return request(
-            CkksStage.DEAL,
-            fingerprint=fingerprint_,
-            refused=refused,
-            **{"public-context": public_context, "member-names": pack_members(members)[0]},
-            **envelopes,
-        )
+        return reply
 
     def _custodian(self, context: Context, ceremony_id: str) -> tuple[str, bytes, ConfigRecord]:
         held_ceremony, fingerprint_, secret = self._held_key(context)
@@ -359,36 +389,15 @@ class CkksClient(ClientProtocol):
         return fingerprint_, secret, state
 
     def _reshare(self, msg: Message, context: Context) -> RecordDict:
-        config, blobs = read_fields(msg, CkksStage.RESHARE)
+        config, _ = read_fields(msg, CkksStage.RESHARE)
         ceremony_id = read_str(config, "ceremony-id")
         fingerprint_, secret, state = self._custodian(context, ceremony_id)
-        identity, pins = node_identity(context)
-        recipients, refused = self._recipients(
-            config, blobs, context, ceremony_id=ceremony_id, identity=identity, pins=pins
+        current = {bytes.fromhex(k): n for k, n in json.loads(str(state["members"])).items()}
+        reply, members = self._share(
+            msg, context, ceremony_id=ceremony_id, key=(fingerprint_, secret), members=current
         )
-        members = {bytes.fromhex(k): n for k, n in json.loads(str(state["members"])).items()}
-        for registration in recipients:
-            if members.get(registration.identity, registration.name) != registration.name:
-                raise IdentityError(f"{registration.name!r} is a member under another name")
-            members[registration.identity] = registration.name
-        envelopes = self._seal_and_grant(
-            context,
-            ceremony_id=ceremony_id,
-            fingerprint_=fingerprint_,
-            secret=secret,
-            identity=identity,
-            recipients=recipients,
-            members=members,
-        )
-        state["members"] = json.dumps({k.hex(): name for k, name in members.items()})
-        save_node_pins(context, pins)
-        return request(
-            CkksStage.RESHARE,
-            fingerprint=fingerprint_,
-            refused=refused,
-            **{"member-names": pack_members(members)[0]},
-            **envelopes,
-        )
+        state["members"] = json.dumps({k.hex(): n for k, n in members.items()})
+        return reply
 
     def _receive_key(self, msg: Message, context: Context) -> RecordDict:
         config, blobs = read_fields(msg, CkksStage.KEY)
