@@ -220,6 +220,14 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]
         runs = fed.operator().call("ls", "fedlearn")["runs"]
         assert len(runs) == 1, runs
         fed.run_id = int(runs[0]["run-id"])
+        # A settled state (its ServerApp waits for nodes), so "unchanged" means something.
+        wait_until(
+            lambda: fed.operator().status(fed.run_id)[0] == "running",
+            timeout=180,
+            what="the run's ServerApp",
+            interval=1.0,
+            check=lambda: group.check_alive("server"),
+        )
         yield fed
 
 
