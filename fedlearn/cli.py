@@ -7,13 +7,16 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 
 from fedlearn.config import ConfigError, RunConfig
 from fedlearn.data import DataError
+
+if TYPE_CHECKING:
+    from fedlearn.privacy.policy import HolderPolicy
 
 app = typer.Typer(
     name="fedlearn",
@@ -343,6 +346,40 @@ def server(
     out.print(f"report: {target / 'report.html'}")
 
 
+def _holder_policy(
+    *,
+    allow_plaintext: bool,
+    require_secure: list[str] | None,
+    min_contributors: int | None,
+    crypten_party_key: list[Path] | None,
+) -> HolderPolicy:
+    """The holder's policy from ``fedlearn client``'s options (validated here, before joining)."""
+    from fedlearn.privacy.policy import SECURE_MODES, HolderPolicy
+
+    keys: list[bytes] = []
+    for path in crypten_party_key or ():
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise _fail(f"cannot read CrypTen party key {path}: {exc}") from None
+        try:
+            keys.append(raw if len(raw) == 32 else bytes.fromhex(raw.decode().strip()))
+        except (UnicodeDecodeError, ValueError):
+            raise _fail(
+                f"{path} is not an X25519 public key (32 bytes, or 64 hex characters)",
+                "use the key file the party's operator published",
+            ) from None
+    try:
+        return HolderPolicy(
+            secure_modes=frozenset(require_secure) if require_secure else SECURE_MODES,
+            allow_plaintext=allow_plaintext,
+            min_contributors=min_contributors,
+            crypten_party_keys=tuple(keys) if keys else None,
+        )
+    except ValueError as exc:
+        raise _fail(f"invalid policy: {exc}") from None
+
+
 @app.command()
 def client(
     superlink: Annotated[str, typer.Option(help="SuperLink address HOST:PORT.")],
@@ -386,12 +423,42 @@ def client(
             "Without it only fedlearn's own app, at your installed version, runs."
         ),
     ] = None,
+    allow_plaintext: Annotated[
+        bool,
+        typer.Option(
+            "--allow-plaintext",
+            help="Also join plaintext rounds (the server then sees your update). Default: refused.",
+        ),
+    ] = False,
+    require_secure: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A secure mode you accept: ckks, secagg+ or crypten (repeatable). "
+            "Default: any secure mode."
+        ),
+    ] = None,
+    min_contributors: Annotated[
+        int | None,
+        typer.Option(
+            help="Help reveal only sums of at least this many contributors (>= 2). "
+            "Default: the run's min-train-clients, never below 2."
+        ),
+    ] = None,
+    crypten_party_key: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="A CrypTen party's X25519 public key file (hex), in party order (repeatable): "
+            "CrypTen rounds announcing other keys are refused."
+        ),
+    ] = None,
 ) -> None:
     """Join a federation as a data holder: train on your own file; the data never leaves.
 
     The run's schema (features, label column, classes) arrives with the first
     round and your file is checked against it before any training; give
-    --config to check it right now.
+    --config to check it right now. Every request from the server is checked
+    against your policy (secure mode, contributors, DP, CrypTen party keys)
+    and refused, with the rule named, when it falls below it.
     """
     import os
     import tempfile
@@ -420,6 +487,12 @@ def client(
         trust = AppTrust.for_holder(trust_app_hash or ())
     except ValueError as exc:
         raise _fail(str(exc)) from None
+    policy = _holder_policy(
+        allow_plaintext=allow_plaintext,
+        require_secure=require_secure,
+        min_contributors=min_contributors,
+        crypten_party_key=crypten_party_key,
+    )
     if config is not None:
         try:
             cfg = RunConfig.load(config)
@@ -475,6 +548,7 @@ def client(
             ledger_dir=ledger_dir,
             wallet_keystore=wallet_keystore,
             superexec_secret=secret,
+            policy=policy.node_config(),
         )
     except ValueError as exc:
         raise _fail(str(exc)) from None
@@ -488,6 +562,9 @@ def client(
     home = Path(os.environ.get("FLWR_HOME", Path.home() / ".flwr"))
     err.print(f"joining {superlink} with {data} (raw data stays on this machine)")
     err.print(f"this client runs only {trust.describe()}; any other app is refused")
+    err.print("[bold]your policy[/] (requests below it are refused, the rule named):")
+    for line in policy.describe():
+        err.print(f"  {line}")
     try:
         code = serve_tasks(
             supernode=cmd,

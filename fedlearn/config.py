@@ -385,6 +385,23 @@ class PrivacyConfig:
         )
 
 
+def _is_endpoint(text: object) -> bool:
+    if not isinstance(text, str):
+        return False
+    host, _, port = text.rpartition(":")
+    return bool(host) and port.isdigit() and 0 < int(port) < 65536
+
+
+def _is_hex_key(text: object) -> bool:
+    if not isinstance(text, str) or len(text) != 64:
+        return False
+    try:
+        bytes.fromhex(text)
+    except ValueError:
+        return False
+    return True
+
+
 @dataclass(frozen=True, kw_only=True)
 class SecureConfig:
     """Secure aggregation: the server learns only the sum of the updates.
@@ -411,6 +428,16 @@ class SecureConfig:
         Quantization levels over the clipping range (2^22).
     crypten_parties : int, default 2
         Number of CrypTen compute parties (>= 2).
+    crypten_party_endpoints : tuple of str, default ()
+        ``HOST:PORT`` of each compute party run by its own operator
+        (``fedlearn party``), party ``i`` first. Required in a deployment: the
+        server then attaches to them and starts none itself (in simulation,
+        empty means the server starts ``crypten-parties`` local parties). Sets
+        the number of parties (``crypten-parties`` must then match it).
+    crypten_party_keys : tuple of str, default ()
+        The parties' X25519 public keys (64 hex digits, printed by
+        ``fedlearn party`` at start), one per endpoint; a party announcing
+        another key is refused, and clients seal their shares to these.
     """
 
     mode: SecureMode = "none"
@@ -420,6 +447,8 @@ class SecureConfig:
     secagg_clipping_range: float = 8.0
     secagg_quantization_range: int = 1 << 22
     crypten_parties: int = 2
+    crypten_party_endpoints: tuple[str, ...] = ()
+    crypten_party_keys: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _require(
@@ -447,6 +476,32 @@ class SecureConfig:
             "must be >= 2",
         )
         _require(self.crypten_parties >= 2, "secure.crypten-parties", "must be >= 2")
+        endpoints, keys = self.crypten_party_endpoints, self.crypten_party_keys
+        _require(
+            all(_is_endpoint(e) for e in endpoints),
+            "secure.crypten-party-endpoints",
+            f"must list HOST:PORT addresses, got {list(endpoints)}",
+        )
+        _require(
+            len(set(endpoints)) == len(endpoints),
+            "secure.crypten-party-endpoints",
+            "lists one address twice",
+        )
+        _require(
+            all(_is_hex_key(k) for k in keys),
+            "secure.crypten-party-keys",
+            "must list X25519 public keys as 64 hex digits (printed by `fedlearn party`)",
+        )
+        _require(
+            len(keys) == len(endpoints) and len(set(keys)) == len(keys),
+            "secure.crypten-party-keys",
+            f"must list {len(endpoints)} distinct keys, one per party endpoint, got {len(keys)}",
+        )
+        _require(
+            not endpoints or len(endpoints) == self.crypten_parties,
+            "secure.crypten-parties",
+            f"is {self.crypten_parties} but {len(endpoints)} party endpoints are listed",
+        )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -136,7 +136,7 @@ from fedlearn.privacy.secure.stages import (
 )
 from fedlearn.wire import CryptenStage
 
-__all__ = ["MAX_ABS", "CryptenClient", "CryptenServer", "PartyPool"]
+__all__ = ["MAX_ABS", "CryptenClient", "CryptenServer", "PartyPool", "announced_party_keys"]
 
 #: Largest absolute value a client may share (see the module's "Range").
 MAX_ABS = float(2**36)
@@ -535,6 +535,17 @@ def _checked_vector(vector: Any) -> NDArray[np.float64]:
         _LOG.warning("CrypTen: this node's update has |value| = %.3g > MAX_ABS", largest)
         raise ValueError("vector has a value beyond MAX_ABS = 2**36 (the fixed-point range)")
     return vector
+
+
+def announced_party_keys(msg: Message) -> list[bytes]:
+    """The parties' public keys a CrypTen train message announces, in party order.
+
+    What a holder compares with the keys it pinned. The contributor set of the
+    sum is chosen by the parties when they open the shares, after the client
+    replied: a client cannot check its size, the parties' ``min_contributors``
+    floor applies.
+    """
+    return _train_fields(msg)[2]
 
 
 def _train_fields(msg: Message) -> tuple[str, int, list[bytes]]:

@@ -83,6 +83,7 @@ __all__ = [
     "read_frame",
     "score_plan",
     "share_label",
+    "share_statement",
     "write_frame",
 ]
 
@@ -109,6 +110,28 @@ def share_label(*, run: str, server_round: int, node_id: int, party: int, partie
         f"fedlearn/crypten-share/v1|run={run}|round={server_round}|node={node_id}"
         f"|party={party}|of={parties}"
     ).encode()
+
+
+def share_statement(
+    *, run: str, server_round: int, node_id: int, party: int, parties: int, envelope: bytes
+) -> bytes:
+    """What a holder signs for one share envelope (Ed25519, its identity key).
+
+    Binds the envelope's bytes (by SHA-256) to the run, round, sending node and
+    receiving party: a party with a holder registry opens only envelopes a
+    registered holder signed for exactly this place, one per holder per round.
+    """
+    from fedlearn.privacy.secure.identity import statement
+
+    return statement(
+        "crypten-share",
+        run=run,
+        round=server_round,
+        node=node_id,
+        party=party,
+        parties=parties,
+        envelope=hashlib.sha256(envelope).digest(),
+    )
 
 
 def write_frame(stream: IO[bytes], header: dict[str, Any], blobs: Sequence[bytes] = ()) -> None:
@@ -276,9 +299,19 @@ class _Party:
     """State of one party: its key, the CrypTen group, the shares of the open round."""
 
     def __init__(
-        self, *, run: str, rank: int, parties: int, private_key: bytes, min_contributors: int
+        self,
+        *,
+        run: str,
+        rank: int,
+        parties: int,
+        private_key: bytes,
+        min_contributors: int,
+        holders: frozenset[bytes] | None = None,
     ) -> None:
         self.run = run
+        #: Registered holders' Ed25519 keys; ``None``: envelopes need no signature
+        #: (parties the server starts itself, in simulation only).
+        self.holders = holders
         self.min_contributors = min_contributors
         self.rank = rank
         self.parties = parties
@@ -297,6 +330,16 @@ class _Party:
     def open(self, header: dict[str, Any], blobs: list[bytes]) -> dict[str, Any]:
         server_round, length = _round_fields(header)
         nodes = _node_list(header)
+        signers: list[bytes | None] = [None] * len(nodes)
+        signatures: list[bytes | None] = [None] * len(nodes)
+        if self.holders is not None:
+            signers = list(_holder_list(header, len(nodes)))
+            if len(blobs) != 2 * len(nodes):
+                raise ValueError(
+                    f"{len(nodes)} nodes but {len(blobs)} blobs (an envelope and its holder's "
+                    "signature per node)"
+                )
+            blobs, signatures = blobs[: len(nodes)], list(blobs[len(nodes) :])
         if len(nodes) != len(blobs):
             raise ValueError(f"{len(nodes)} nodes but {len(blobs)} envelopes")
         if len(set(nodes)) != len(nodes):
@@ -308,7 +351,20 @@ class _Party:
             )
         self._round, self._shares = (server_round, length), {}
         failed: dict[str, str] = {}
-        for node, envelope in zip(nodes, blobs, strict=True):
+        contributed: set[bytes] = set()
+        for node, envelope, signer, signature in zip(
+            nodes, blobs, signers, signatures, strict=True
+        ):
+            if self.holders is not None:
+                problem = self._check_signature(
+                    server_round, node, envelope, signer, signature, contributed
+                )
+                if problem is not None:
+                    _LOG.warning(
+                        "round %d: refused node %d's share: %s", server_round, node, problem
+                    )
+                    failed[str(node)] = problem
+                    continue
             label = share_label(
                 run=self.run,
                 server_round=server_round,
@@ -329,6 +385,38 @@ class _Party:
             self._shares[node] = np.frombuffer(plain, dtype="<u8").astype(np.uint64)
         _LOG.info("round %d: opened %d of %d shares", server_round, len(self._shares), len(nodes))
         return {"type": "opened", "round": server_round, "failed": failed}
+
+    def _check_signature(
+        self,
+        server_round: int,
+        node: int,
+        envelope: bytes,
+        signer: bytes | None,
+        signature: bytes | None,
+        contributed: set[bytes],
+    ) -> str | None:
+        """Why a share envelope is not a registered holder's, signed for here and now."""
+        from fedlearn.privacy.secure.identity import IdentityError, verify
+
+        assert self.holders is not None and signer is not None and signature is not None
+        if signer not in self.holders:
+            return "the envelope is not signed by a registered holder"
+        if signer in contributed:
+            return "this holder already contributed a share this round"
+        message = share_statement(
+            run=self.run,
+            server_round=server_round,
+            node_id=node,
+            party=self.rank,
+            parties=self.parties,
+            envelope=envelope,
+        )
+        try:
+            verify(signer, message, signature)
+        except IdentityError:
+            return "the holder's signature does not match this run, round, node, party and envelope"
+        contributed.add(signer)
+        return None
 
     def reveal(self, header: dict[str, Any], crypten: Any) -> tuple[dict[str, Any], list[bytes]]:
         import torch
@@ -474,6 +562,19 @@ def _round_fields(header: dict[str, Any]) -> tuple[int, int]:
     return server_round, length
 
 
+def _holder_list(header: dict[str, Any], count: int) -> list[bytes]:
+    holders = header.get("holders")
+    if not isinstance(holders, list) or len(holders) != count:
+        raise ValueError("request field 'holders' must list one holder key per node")
+    try:
+        keys = [bytes.fromhex(h) for h in holders]
+    except (TypeError, ValueError):
+        raise ValueError("request field 'holders' must hold hex Ed25519 public keys") from None
+    if not all(len(k) == 32 for k in keys):
+        raise ValueError("request field 'holders' must hold 32-byte Ed25519 public keys")
+    return keys
+
+
 def _node_list(header: dict[str, Any]) -> list[int]:
     nodes = header.get("nodes")
     if not isinstance(nodes, list) or not all(
@@ -490,8 +591,40 @@ def _environment_int(name: str) -> int:
     return int(value)
 
 
+def _serve(party: _Party, crypten: Any, requests: IO[bytes], channel: IO[bytes]) -> None:
+    """Answer one server's requests until ``stop`` or the end of its stream.
+
+    Raises :class:`FrameError` on a malformed request (the channel is then unusable).
+    """
+    while True:
+        try:
+            header, blobs = read_frame(requests)
+        except EOFError:
+            _LOG.info("the server closed the channel")
+            return
+        kind, seq = header["type"], header.get("seq")
+        if kind == "stop":
+            return
+        answer_blobs: list[bytes] = []
+        if kind != "score":
+            party.forget_revealed()
+        try:
+            if kind == "open":
+                answer = party.open(header, blobs)
+            elif kind == "reveal":
+                answer, answer_blobs = party.reveal(header, crypten)
+            elif kind == "score":
+                answer, answer_blobs = party.score(header, crypten)
+            else:
+                raise ValueError(f"unknown request type {kind!r}")
+        except ValueError as exc:
+            _LOG.warning("refused %s: %s", kind, exc)
+            answer = {"type": "error", "request": kind, "reason": str(exc)}
+        write_frame(channel, {**answer, "seq": seq}, answer_blobs)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one compute party until told to stop (or stdin closes)."""
+    """Run one compute party the server started, until told to stop (or stdin closes)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True, help="run token bound into envelope labels")
     parser.add_argument(
@@ -537,31 +670,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         min_contributors=args.min_contributors,
     )
     try:
-        while True:
-            try:
-                header, blobs = read_frame(requests)
-            except EOFError:
-                _LOG.info("the server closed the channel")
-                break
-            kind, seq = header["type"], header.get("seq")
-            if kind == "stop":
-                break
-            answer_blobs: list[bytes] = []
-            if kind != "score":
-                party.forget_revealed()
-            try:
-                if kind == "open":
-                    answer = party.open(header, blobs)
-                elif kind == "reveal":
-                    answer, answer_blobs = party.reveal(header, crypten)
-                elif kind == "score":
-                    answer, answer_blobs = party.score(header, crypten)
-                else:
-                    raise ValueError(f"unknown request type {kind!r}")
-            except ValueError as exc:
-                _LOG.warning("refused %s: %s", kind, exc)
-                answer = {"type": "error", "request": kind, "reason": str(exc)}
-            write_frame(channel, {**answer, "seq": seq}, answer_blobs)
+        _serve(party, crypten, requests, channel)
     except FrameError as exc:
         _LOG.error("malformed request, stopping: %s", exc)
         return 2

@@ -17,6 +17,7 @@ import os
 import queue
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -62,31 +63,60 @@ class PartyError(Exception):
 
 
 class _Channel:
-    """The server's end of one party's stdin/stdout, read by a thread into a queue."""
+    """The server's end of one party's channel, read by a thread into a queue.
 
-    def __init__(self, index: int, proc: subprocess.Popen[bytes], log: Path) -> None:
+    Either a party process this pool started (its stdin/stdout) or a party run by
+    its own operator (a TCP connection to its ``fedlearn party`` address).
+    """
+
+    def __init__(
+        self,
+        index: int,
+        proc: subprocess.Popen[bytes] | None,
+        log: Path | None,
+        *,
+        connection: socket.socket | None = None,
+        endpoint: str = "",
+    ) -> None:
         self.index, self.proc, self.log = index, proc, log
+        self.connection, self.endpoint = connection, endpoint
+        if connection is not None:
+            self.reader: IO[bytes] = connection.makefile("rb")
+            self.writer: IO[bytes] | None = connection.makefile("wb")
+        else:
+            assert proc is not None and proc.stdout is not None
+            self.reader, self.writer = proc.stdout, proc.stdin
+        self.closed = False
         self._frames: queue.Queue[tuple[dict[str, Any], list[bytes]] | str] = queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True, name=f"party-{index}")
         self._reader.start()
 
     def _read(self) -> None:
-        assert self.proc.stdout is not None
         while True:
             try:
-                self._frames.put(read_frame(self.proc.stdout))
+                self._frames.put(read_frame(self.reader))
             except EOFError:
+                self.closed = True
                 self._frames.put("closed its channel")
                 return
             except (FrameError, OSError, ValueError) as exc:
+                self.closed = True
                 self._frames.put(f"sent a malformed frame ({exc})")
                 return
 
+    def alive(self) -> bool:
+        """Whether the party's process runs (started parties) or its connection is open."""
+        if self.proc is not None:
+            return self.proc.poll() is None
+        return not self.closed
+
     def describe(self, what: str) -> str:
+        if self.proc is None:
+            return f"CrypTen party {self.index} at {self.endpoint} {what}"
         code = self.proc.poll()
         state = f"exited with code {code}" if code is not None else f"pid {self.proc.pid}"
         try:
-            tail = self.log.read_text(errors="replace")[-1500:].strip()
+            tail = self.log.read_text(errors="replace")[-1500:].strip() if self.log else ""
         except OSError:
             tail = ""
         return f"CrypTen party {self.index} ({state}) {what}" + (
@@ -135,6 +165,13 @@ class PartyPool:
     min_contributors : int, default 2
         The parties refuse to reveal a sum of fewer clients (1 lets the server
         ask for one client's update: opt in only for tests).
+    endpoints : sequence of str, optional
+        ``HOST:PORT`` of parties run by their own operators (``fedlearn party``)
+        to attach to instead of starting any: party ``i`` must answer at
+        ``endpoints[i]`` with ``public_keys[i]``, all of them for the same run.
+        The run token and the floor then come from the parties.
+    public_keys : sequence of bytes, optional
+        The attached parties' X25519 public keys as configured (pinned).
 
     Raises
     ------
@@ -154,7 +191,22 @@ class PartyPool:
         start_timeout: float = 120.0,
         log_dir: str | Path | None = None,
         min_contributors: int = 2,
+        endpoints: Sequence[str] = (),
+        public_keys: Sequence[bytes] = (),
     ) -> None:
+        self.endpoints = tuple(endpoints)
+        if self.endpoints:
+            parties = len(self.endpoints)
+            if len(public_keys) != parties or not all(
+                isinstance(k, bytes) and len(k) == PUBLIC_KEY_BYTES for k in public_keys
+            ):
+                raise ValueError(
+                    "attaching to running parties needs one 32-byte X25519 public key per endpoint"
+                )
+            if len(set(public_keys)) != parties:
+                raise ValueError("two CrypTen parties are listed with the same public key")
+        elif public_keys:
+            raise ValueError("public_keys are for attaching to running parties (endpoints)")
         self.parties = check_count("parties", parties, 2)
         self.min_contributors = check_count("min_contributors", min_contributors, 1)
         start_timeout = check_seconds("start_timeout", start_timeout)
@@ -171,7 +223,10 @@ class PartyPool:
         self.broken: str | None = None
         started = time.monotonic()
         try:
-            self._start(time.monotonic() + start_timeout)
+            if self.endpoints:
+                self._attach(time.monotonic() + start_timeout, tuple(public_keys))
+            else:
+                self._start(time.monotonic() + start_timeout)
         except BaseException:
             self.close()
             raise
@@ -226,6 +281,66 @@ class PartyPool:
         #: The parties' X25519 public keys, by party index.
         self.public_keys: tuple[bytes, ...] = tuple(keys)
 
+    def _attach(self, deadline: float, expected: tuple[bytes, ...]) -> None:
+        """Connect to parties run by their own operators and check who answers."""
+        for index, endpoint in enumerate(self.endpoints):
+            host, _, port = endpoint.removeprefix("tcp://").rpartition(":")
+            connection = None
+            while connection is None:
+                try:
+                    connection = socket.create_connection(
+                        (host.strip("[]"), int(port)),
+                        timeout=max(0.1, deadline - time.monotonic()),
+                    )
+                except (OSError, ValueError) as exc:
+                    if time.monotonic() >= deadline:
+                        raise RuntimeError(
+                            f"cannot reach CrypTen party {index} at {endpoint}: {exc}"
+                        ) from None
+                    time.sleep(0.2)
+            connection.settimeout(None)
+            connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._channels.append(
+                _Channel(index, None, None, connection=connection, endpoint=endpoint)
+            )
+        runs, floors = set(), []
+        try:
+            for channel, key in zip(self._channels, expected, strict=True):
+                header, blobs = channel.receive(deadline, ["hello"], None)
+                if header.get("party") != channel.index or header.get("parties") != self.parties:
+                    raise PartyError(
+                        channel.describe(
+                            f"is party {header.get('party')} of {header.get('parties')}, listed "
+                            f"as party {channel.index} of {self.parties}"
+                        )
+                    )
+                if len(blobs) != 1 or blobs[0] != key:
+                    raise PartyError(
+                        channel.describe("announced a public key other than the configured one")
+                    )
+                run, floor = header.get("run"), header.get("min_contributors")
+                if not isinstance(run, str) or not run:
+                    raise PartyError(channel.describe("announced no run"))
+                if isinstance(floor, bool) or not isinstance(floor, int) or floor < 2:
+                    raise PartyError(channel.describe(f"announced a bad floor {floor!r}"))
+                runs.add(run)
+                floors.append(floor)
+            for channel in self._channels:
+                channel.receive(deadline, ["ready"], None)
+        except PartyError as exc:
+            raise RuntimeError(f"CrypTen parties failed to attach: {exc}") from None
+        if len(runs) != 1:
+            raise RuntimeError(f"the CrypTen parties serve different runs: {sorted(runs)}")
+        self.run = runs.pop()
+        # The pool's floor is a pre-check; each party enforces its own.
+        self.min_contributors = max(self.min_contributors, *floors)
+        self.public_keys = expected
+
+    @property
+    def attached(self) -> bool:
+        """Whether the parties run on their own (``endpoints``), not as this pool's children."""
+        return bool(self.endpoints)
+
     def __enter__(self) -> PartyPool:
         return self
 
@@ -235,11 +350,11 @@ class PartyPool:
     @property
     def pids(self) -> tuple[int, ...]:
         """Process ids of the parties (all of them, alive or not)."""
-        return tuple(c.proc.pid for c in self._channels)
+        return tuple(c.proc.pid for c in self._channels if c.proc is not None)
 
     def healthy(self) -> bool:
         """Whether every party runs and no exchange with them has failed."""
-        return self.broken is None and all(c.proc.poll() is None for c in self._channels)
+        return self.broken is None and all(c.alive() for c in self._channels)
 
     def exchange(
         self,
@@ -264,8 +379,8 @@ class PartyPool:
 
         def send(channel: _Channel, header: dict[str, Any], blobs: Sequence[bytes]) -> None:
             try:
-                assert channel.proc.stdin is not None
-                write_frame(channel.proc.stdin, header, blobs)
+                assert channel.writer is not None
+                write_frame(channel.writer, header, blobs)
             except (OSError, ValueError) as exc:
                 errors.append(channel.describe(f"could not be written to ({exc})"))
 
@@ -304,16 +419,32 @@ class PartyPool:
         return self.broken or self._dead_reason()
 
     def _dead_reason(self) -> str:
-        dead = [c for c in self._channels if c.proc.poll() is not None]
+        dead = [c for c in self._channels if not c.alive()]
         return "; ".join(c.describe("is not running") for c in dead) or "pool closed"
 
     def close(self, grace: float = 5.0) -> None:
-        """Ask the parties to stop, then terminate/kill survivors by PID (bounded waits)."""
+        """Stop the parties this pool started (polite ``stop``, then terminate/kill by PID).
+
+        Attached parties (run by their own operators) are only disconnected: they
+        keep running, and keep their one-sum-per-round memory, for the next
+        connection.
+        """
         polite = self.broken is None  # parties in step can leave the group cleanly
         if self.broken is None:
             self.broken = "pool closed"
-        procs = [c.proc for c in self._channels]
         for channel in self._channels:
+            if channel.proc is None:
+                with contextlib.suppress(OSError, ValueError):
+                    assert channel.writer is not None
+                    write_frame(channel.writer, {"type": "stop"})
+                if channel.connection is not None:
+                    with contextlib.suppress(OSError):
+                        channel.connection.shutdown(socket.SHUT_RDWR)
+                    channel.connection.close()
+        procs = [c.proc for c in self._channels if c.proc is not None]
+        for channel in self._channels:
+            if channel.proc is None:
+                continue
             if channel.proc.poll() is None and channel.proc.stdin is not None:
                 stopper = threading.Thread(
                     target=_stop_party, args=(channel.proc.stdin,), daemon=True
@@ -335,9 +466,9 @@ class PartyPool:
             for proc in alive:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=grace)
-        for channel in self._channels:
-            if channel.proc.stdout is not None:
-                channel.proc.stdout.close()
+        for proc in procs:
+            if proc.stdout is not None:
+                proc.stdout.close()
         if self._own_log_dir:
             shutil.rmtree(self.log_dir, ignore_errors=True)
 

@@ -99,8 +99,14 @@ def server_protocol(cfg: RunConfig) -> ServerProtocol:
 
         # In-MPC scores are functions of un-noised clipped updates under user-level
         # DP, which the ledger does not account: then the run scores by examples.
+        # With endpoints the server attaches to parties run by their own operators
+        # (`fedlearn party`); without, it starts its own, which CryptenServer allows
+        # in simulation only (its setup refuses them on a deployment's grid).
         return CryptenServer(
-            parties=cfg.secure.crypten_parties, score=cfg.privacy.central_dp == "none"
+            parties=cfg.secure.crypten_parties,
+            score=cfg.privacy.central_dp == "none",
+            endpoints=cfg.secure.crypten_party_endpoints,
+            public_keys=[bytes.fromhex(k) for k in cfg.secure.crypten_party_keys],
         )
     raise ValueError(f"no server protocol for secure mode {mode!r}")
 
