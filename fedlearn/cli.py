@@ -640,6 +640,44 @@ def verify(
 
 
 @app.command()
+def party(
+    rank: Annotated[int, typer.Option(help="This party's index, 0 .. world-size - 1.")],
+    world_size: Annotated[int, typer.Option(help="Number of compute parties (>= 2).")],
+    rendezvous: Annotated[
+        str, typer.Option(help="tcp://HOST:PORT where the parties meet (party 0 listens).")
+    ],
+    listen: Annotated[str, typer.Option(help="HOST:PORT the server connects to.")],
+    key_dir: Annotated[Path, typer.Option(help="This party's key directory (0700).")],
+    run: Annotated[str, typer.Option(help="The run this party serves (one run per start).")],
+    holders: Annotated[
+        Path, typer.Option(help='Registered holders: JSON {"name": "hex Ed25519 key"}.')
+    ],
+    min_contributors: Annotated[
+        int, typer.Option(help="Reveal only sums of at least this many holders.")
+    ] = 2,
+) -> None:
+    """Run one CrypTen compute party as its own operator (its key, its address).
+
+    Prints the party's public key and fingerprint (for the run config's
+    [secure] crypten-party-keys), then serves the server's channel until
+    stopped (Ctrl-C / SIGTERM). Opens only shares a registered holder signed.
+    """
+    from fedlearn.privacy.secure.crypten_service import serve
+
+    argv = [
+        f"--rank={rank}",
+        f"--world-size={world_size}",
+        f"--rendezvous={rendezvous}",
+        f"--listen={listen}",
+        f"--key-dir={key_dir}",
+        f"--run={run}",
+        f"--holders={holders}",
+        f"--min-contributors={min_contributors}",
+    ]
+    raise typer.Exit(serve(argv))
+
+
+@app.command()
 def claim(
     run: Annotated[Path, typer.Option(help=_RUN_HELP)],
     keystore: Annotated[

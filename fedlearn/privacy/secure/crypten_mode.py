@@ -50,6 +50,26 @@ for scores right after the sum).
   coalition can shift score among its members without any wrap anyway:
   scores measure alignment with the sum, they do not authenticate updates.
 
+Who runs the parties
+--------------------
+* **Deployment** (``fedlearn server``, any grid but an in-process one): each
+  party is run by its own operator, ``fedlearn party`` (its own process, key
+  directory and address; :mod:`~fedlearn.privacy.secure.crypten_service`),
+  and the run config lists them: ``[secure] crypten-party-endpoints`` and
+  ``crypten-party-keys`` (the public keys the parties print at start). The
+  server attaches to them (``CryptenServer(endpoints=..., public_keys=...)``),
+  refuses a party announcing another key, and never starts parties of its
+  own there: :meth:`CryptenServer.setup` refuses them on a deployment's grid.
+  Clients then sign every envelope with their identity key
+  (:mod:`~fedlearn.privacy.secure.identity`) over (run, round, node, party,
+  envelope digest); a party opens only envelopes a holder in its registry
+  (``--holders``) signed, one per holder per round.
+* **Simulation** (Flower's Simulation Engine, notebooks,
+  :class:`~fedlearn.loopback.LoopbackGrid`): without endpoints the server
+  starts ``M`` local party processes itself (one operator holds every key:
+  fine for measuring and teaching, not a deployment's trust model) and
+  clients do not sign.
+
 Trust model
 -----------
 * **Non-colluding parties.** Any ``M - 1`` shares of a client's vector are
@@ -122,9 +142,10 @@ from fedlearn.privacy.secure.base import (
     stage_of,
 )
 from fedlearn.privacy.secure.crypten_compat import PRECISION_BITS
-from fedlearn.privacy.secure.crypten_party import share_label
+from fedlearn.privacy.secure.crypten_party import share_label, share_statement
 from fedlearn.privacy.secure.crypten_pool import PartyError, PartyPool, check_count, check_seconds
 from fedlearn.privacy.secure.envelope import ENVELOPE_OVERHEAD, PUBLIC_KEY_BYTES, seal
+from fedlearn.privacy.secure.identity import IDENTITY_BYTES, SIGNATURE_BYTES, node_identity
 from fedlearn.privacy.secure.stages import (
     check_node_ids,
     read_blob,
@@ -142,6 +163,9 @@ __all__ = ["MAX_ABS", "CryptenClient", "CryptenServer", "PartyPool", "announced_
 MAX_ABS = float(2**36)
 _KEY_BLOB = "party-key-{}"
 _SHARE_BLOB = "share-{}"
+#: The holder's Ed25519 identity key and its signature on each share envelope.
+_HOLDER_BLOB = "holder-key"
+_SIGNATURE_BLOB = "share-signature-{}"
 #: Scoring may outlast the round's deadline by this much (it takes milliseconds).
 _SCORE_GRACE = 10.0
 _LOG = logging.getLogger(__name__)
@@ -154,7 +178,20 @@ class CryptenServer(ServerProtocol):
     ----------
     parties : int or PartyPool, default 2
         Number of compute parties to start (``>= 2``), or a running
-        :class:`PartyPool` to use (not closed by :meth:`close`).
+        :class:`PartyPool` to use (not closed by :meth:`close`). Parties this
+        server starts itself run only under an in-process grid (Flower's
+        Simulation Engine, :class:`~fedlearn.loopback.LoopbackGrid`): their
+        keys would all be the server operator's, so :meth:`setup` refuses them
+        on any other grid (a deployment); they start at the first use.
+    endpoints : sequence of str, optional
+        ``HOST:PORT`` of compute parties run by their own operators
+        (``fedlearn party``, :mod:`~fedlearn.privacy.secure.crypten_service`):
+        the server attaches to them instead of starting parties (``parties``
+        is then their number) and sends each the holders' signatures with
+        their envelopes.
+    public_keys : sequence of bytes, optional
+        The X25519 public keys of the parties at ``endpoints`` (as published
+        by their operators); a party announcing another key is refused.
     start_timeout : float, default 120.0
         Seconds to wait for started parties to become ready.
     log_dir : str or Path, optional
@@ -200,6 +237,8 @@ class CryptenServer(ServerProtocol):
         log_dir: str | Path | None = None,
         min_contributors: int | None = None,
         score: bool = True,
+        endpoints: Sequence[str] = (),
+        public_keys: Sequence[bytes] = (),
     ) -> None:
         if not isinstance(score, bool):
             raise ValueError(f"score must be a bool, got {score!r}")
@@ -219,46 +258,68 @@ class CryptenServer(ServerProtocol):
                     f"min_contributors={min_contributors} but the given pool's parties reveal "
                     f"sums of at least {parties.min_contributors}"
                 )
-            self._pool, self._owned = parties, False
+            self._given: PartyPool | None = parties
+            self._pool: PartyPool | None = parties
+            self._count = parties.parties
+            self._min_contributors = parties.min_contributors
         else:
-            count = check_count("parties", parties, 2)
-            self._pool = PartyPool(
-                parties=count,
-                start_timeout=start_timeout,
-                log_dir=log_dir,
-                min_contributors=2 if min_contributors is None else min_contributors,
-            )
-            self._owned = True
+            self._given = self._pool = None
+            self._count = len(endpoints) if endpoints else check_count("parties", parties, 2)
+            self._min_contributors = 2 if min_contributors is None else min_contributors
+        self._endpoints = tuple(endpoints)
+        self._public_keys = tuple(public_keys)
+        if self._endpoints:
+            if self._given is not None:
+                raise ValueError("give either a PartyPool or endpoints, not both")
+            if len(self._public_keys) != len(self._endpoints) or len(self._endpoints) < 2:
+                raise ValueError(
+                    "endpoints needs >= 2 parties and public_keys one X25519 key per endpoint"
+                )
+        elif self._public_keys:
+            raise ValueError("public_keys are the keys of the parties at endpoints")
         self._closed = False
 
     @property
     def pool(self) -> PartyPool:
-        """The compute parties currently in use."""
+        """The compute parties in use (started or attached at the first use)."""
+        if self._pool is None:
+            self._ensure_pool()
+        assert self._pool is not None
         return self._pool
 
     @property
     def parties(self) -> int:
         """Number of compute parties ``M``."""
-        return self._pool.parties
+        return self._count
+
+    @property
+    def attached(self) -> bool:
+        """Whether the parties are run by their own operators (``fedlearn party``)."""
+        return bool(self._endpoints) or (self._given is not None and self._given.attached)
 
     def _ensure_pool(self) -> None:
         if self._closed:
             raise AggregationAbortedError("the CrypTen server was closed")
-        if self._pool.healthy():
+        if self._pool is not None and self._pool.healthy():
             return
-        reason = self._pool.unusable_reason
-        if not self._owned:
+        if self._given is not None:
+            reason = self._given.unusable_reason
             raise AggregationAbortedError(f"the CrypTen parties are unusable: {reason}")
-        self._pool.close()
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
         try:
             self._pool = PartyPool(
-                parties=self._pool.parties,
+                parties=self._count,
                 start_timeout=self._start_timeout,
                 log_dir=self._log_dir,
-                min_contributors=self._pool.min_contributors,
+                min_contributors=self._min_contributors,
+                endpoints=self._endpoints,
+                public_keys=self._public_keys,
             )
         except RuntimeError as exc:
-            raise AggregationAbortedError(f"could not restart the CrypTen parties: {exc}") from exc
+            what = "reach" if self._endpoints else "start"
+            raise AggregationAbortedError(f"could not {what} the CrypTen parties: {exc}") from exc
 
     def setup(
         self, grid: Grid, *, server_round: int, node_ids: Sequence[int], timeout: float
@@ -267,14 +328,25 @@ class CryptenServer(ServerProtocol):
         check_count("server_round", server_round, 0)
         check_seconds("timeout", timeout)
         nodes = check_node_ids(node_ids)
-        self._ensure_pool()
-        keys = {_KEY_BLOB.format(i): key for i, key in enumerate(self._pool.public_keys)}
+        if not self.attached and not _in_process(grid):
+            raise AggregationAbortedError(
+                f"the server starts CrypTen parties itself only in simulation; on "
+                f"{type(grid).__name__} (a deployment) list the parties run by their own "
+                "operators: [secure] crypten-party-endpoints and crypten-party-keys "
+                "(see `fedlearn party`)"
+            )
+        self._ensure_pool()  # replaces broken parties this server started
+        pool = self.pool
+        keys = {_KEY_BLOB.format(i): key for i, key in enumerate(pool.public_keys)}
         return {
             node: request(
                 CryptenStage.TRAIN,
-                run=self._pool.run,
+                run=pool.run,
                 round=server_round,
                 parties=self.parties,
+                # Parties run by their own operators open only holder-signed envelopes;
+                # a server that says False gets nothing opened by them.
+                signed=self.attached,
                 **keys,
             )
             for node in nodes
@@ -288,7 +360,8 @@ class CryptenServer(ServerProtocol):
         except ValueError as exc:
             return str(exc)
         expected = {_SHARE_BLOB.format(i) for i in range(self.parties)}
-        unknown = sorted(set(record) - expected)
+        signed = {_HOLDER_BLOB, *(_SIGNATURE_BLOB.format(i) for i in range(self.parties))}
+        unknown = sorted(set(record) - expected - signed)
         if unknown:
             return f"shares for unknown parties {unknown} (this run has {self.parties} parties)"
         missing = sorted(expected - set(record))
@@ -302,6 +375,21 @@ class CryptenServer(ServerProtocol):
                 return str(exc)
             if len(data) != size:
                 return f"{name} has {len(data)} bytes, expected {size} for {length} values"
+        if self.attached:
+            # Parties run by their own operators open only holder-signed envelopes.
+            missing = sorted(signed - set(record))
+            if missing:
+                return f"missing the holder's key or signatures {missing}"
+            sizes = {_HOLDER_BLOB: IDENTITY_BYTES} | {
+                _SIGNATURE_BLOB.format(i): SIGNATURE_BYTES for i in range(self.parties)
+            }
+            for name, expected_size in sorted(sizes.items()):
+                try:
+                    data = read_blob(record, name)
+                except ValueError as exc:
+                    return str(exc)
+                if len(data) != expected_size:
+                    return f"{name} has {len(data)} bytes, expected {expected_size}"
         return None
 
     def aggregate(
@@ -320,11 +408,15 @@ class CryptenServer(ServerProtocol):
         self.last_score_bits, self.last_score_seconds, self.last_scoring_error = None, 0.0, ""
         if self._closed:
             raise AggregationAbortedError("the CrypTen server was closed")
-        if not self._pool.healthy():
-            reason = self._pool.unusable_reason
+        pool = self._pool
+        if pool is None or not pool.healthy():
+            reason = "not started" if pool is None else pool.unusable_reason
             raise AggregationAbortedError(f"the CrypTen parties are unusable: {reason}")
+        signed = self.attached
         dropped: dict[int, str] = {}
         envelopes: dict[int, list[bytes]] = {}
+        holders: dict[int, bytes] = {}
+        signatures: dict[int, list[bytes]] = {}
         seen: set[int] = set()
         for msg in replies:
             node = int(msg.metadata.src_node_id)
@@ -341,14 +433,26 @@ class CryptenServer(ServerProtocol):
             envelopes[node] = [
                 read_blob(record, _SHARE_BLOB.format(i)) for i in range(self.parties)
             ]
+            if signed:
+                holders[node] = read_blob(record, _HOLDER_BLOB)
+                signatures[node] = [
+                    read_blob(record, _SIGNATURE_BLOB.format(i)) for i in range(self.parties)
+                ]
         nodes = sorted(envelopes)
         if not nodes:
             raise AggregationAbortedError(f"no usable reply to aggregate (dropped: {dropped})")
         base = {"round": server_round, "length": length, "nodes": nodes}
+        opening: dict[str, Any] = {"type": "open", **base}
+        if signed:
+            opening["holders"] = [holders[n].hex() for n in nodes]
         try:
-            opened = self._pool.exchange(
+            opened = pool.exchange(
                 [
-                    ({"type": "open", **base}, [envelopes[n][i] for n in nodes])
+                    (
+                        opening,
+                        [envelopes[n][i] for n in nodes]
+                        + ([signatures[n][i] for n in nodes] if signed else []),
+                    )
                     for i in range(self.parties)
                 ],
                 expect=["opened"],
@@ -364,13 +468,13 @@ class CryptenServer(ServerProtocol):
                         raise PartyError(f"CrypTen party {index} reported unknown node {node}")
                     dropped.setdefault(node, f"party {index} cannot use its share: {why}")
             contributors = [n for n in nodes if n not in dropped]
-            if len(contributors) < self._pool.min_contributors:
+            if len(contributors) < pool.min_contributors:
                 raise AggregationAbortedError(
                     f"{len(contributors)} contributors left after the parties opened the shares, "
-                    f"the parties reveal sums of at least {self._pool.min_contributors} "
+                    f"the parties reveal sums of at least {pool.min_contributors} "
                     f"(dropped: {dropped})"
                 )
-            revealed = self._pool.exchange(
+            revealed = pool.exchange(
                 [({"type": "reveal", **base, "nodes": contributors, "score": self.score}, [])]
                 * self.parties,
                 expect=["sum", "revealed"],
@@ -385,8 +489,8 @@ class CryptenServer(ServerProtocol):
             or len(blobs) != 1
             or len(blobs[0]) != 8 * length
         ):
-            self._pool.broken = "party 0 returned a malformed sum"
-            raise AggregationAbortedError(f"round {server_round} aborted: {self._pool.broken}")
+            pool.broken = "party 0 returned a malformed sum"
+            raise AggregationAbortedError(f"round {server_round} aborted: {pool.broken}")
         vector = np.frombuffer(blobs[0], dtype="<f8").astype(np.float64)
         scores: dict[int, float] = {}
         if self.score:
@@ -409,6 +513,7 @@ class CryptenServer(ServerProtocol):
 
     def _scores(self, base: dict[str, Any], deadline: float) -> dict[int, float]:
         """Ask the parties to score the contributors just summed (``{}`` with a reason if not)."""
+        assert self._pool is not None
         answers = self._pool.exchange(
             [({"type": "score", **base}, [])] * self.parties,
             expect=["scores", "scored", "unscored"],
@@ -438,9 +543,9 @@ class CryptenServer(ServerProtocol):
         return {node: float(v) for node, v in zip(nodes, values, strict=True)}
 
     def close(self) -> None:
-        """Stop the parties this server started (by PID, bounded waits)."""
+        """Stop the parties this server started (by PID, bounded waits); detach from others."""
         self._closed = True
-        if self._owned:
+        if self._given is None and self._pool is not None:
             self._pool.close()
 
 
@@ -491,7 +596,7 @@ class CryptenClient(ClientProtocol):
             finite 1-d float64 array with ``|v| <= MAX_ABS``.
         """
         values = _checked_vector(vector)
-        run, server_round, keys = _train_fields(msg)
+        run, server_round, keys, signed = _train_fields(msg)
         if self._pinned is not None and tuple(keys) != self._pinned:
             raise ValueError("the train message announces party keys other than the pinned ones")
         parties = len(keys)
@@ -504,7 +609,10 @@ class CryptenClient(ClientProtocol):
             last -= share
             shares.append(share)
         shares.append(last)
+        identity = node_identity(context)[0] if signed else None
         record = ArrayRecord()
+        if identity is not None:
+            record[_HOLDER_BLOB] = blob(identity.public)
         for index, (key, share) in enumerate(zip(keys, shares, strict=True)):
             label = share_label(
                 run=run,
@@ -513,10 +621,31 @@ class CryptenClient(ClientProtocol):
                 party=index,
                 parties=parties,
             )
-            record[_SHARE_BLOB.format(index)] = blob(
-                seal(key, share.astype("<u8").tobytes(), label=label)
+            envelope = seal(key, share.astype("<u8").tobytes(), label=label)
+            record[_SHARE_BLOB.format(index)] = blob(envelope)
+            if identity is None:
+                continue
+            # Parties run by their own operators open only envelopes a registered
+            # holder signed for this run, round, node and party (crypten_service).
+            statement = share_statement(
+                run=run,
+                server_round=server_round,
+                node_id=int(context.node_id),
+                party=index,
+                parties=parties,
+                envelope=envelope,
             )
+            record[_SIGNATURE_BLOB.format(index)] = blob(identity.sign(statement))
         return record
+
+
+def _in_process(grid: Grid) -> bool:
+    """Whether ``grid`` runs the federation in this process (simulation, not a deployment)."""
+    from flwr.superlink.grid.inmemory_grid import InMemoryGrid
+
+    from fedlearn.loopback import LoopbackGrid
+
+    return isinstance(grid, InMemoryGrid | LoopbackGrid)
 
 
 def _checked_vector(vector: Any) -> NDArray[np.float64]:
@@ -548,9 +677,12 @@ def announced_party_keys(msg: Message) -> list[bytes]:
     return _train_fields(msg)[2]
 
 
-def _train_fields(msg: Message) -> tuple[str, int, list[bytes]]:
-    """The run token, the round and the parties' public keys of a train message."""
+def _train_fields(msg: Message) -> tuple[str, int, list[bytes], bool]:
+    """The run token, the round, the parties' public keys and whether to sign the shares."""
     config, record = read_fields(msg, CryptenStage.TRAIN)
+    signed = config.get("signed", False)
+    if not isinstance(signed, bool):
+        raise ValueError(f"field 'signed' must be a bool, got {signed!r}")
     run = read_str(config, "run")
     server_round = read_int(config, "round", minimum=0)
     parties = read_int(config, "parties", minimum=2)
@@ -565,4 +697,4 @@ def _train_fields(msg: Message) -> tuple[str, int, list[bytes]]:
         keys.append(key)
     if len(set(keys)) != parties:
         raise ValueError("two compute parties have the same public key")
-    return run, server_round, keys
+    return run, server_round, keys, signed
