@@ -141,7 +141,7 @@ def _attribution(cfg: RunConfig, workdir: Path, repeat: int) -> dict[str, Any]:
     context = Context(
         run_id=1,
         node_id=1,
-        node_config={"partition-id": 0, "num-partitions": clients},
+        node_config={"partition-id": 0, "num-partitions": clients, "allow-plaintext": True},
         state=RecordDict(),
         run_config={},
     )

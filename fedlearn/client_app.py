@@ -41,6 +41,7 @@ from fedlearn.privacy.central_dp import user_level_dp_mod
 from fedlearn.privacy.holder import HolderPrivacy, default_ledger_dir, release_key
 from fedlearn.privacy.ledger import BudgetExceeded, LedgerError, PrivacyBudget
 from fedlearn.privacy.local_dp import DPSGDPlan, check_dp_compatible, plan_dp_sgd, train_dp_sgd
+from fedlearn.privacy.policy import make_holder_policy_mod
 from fedlearn.privacy.records import cohort_id, record_fingerprints
 from fedlearn.privacy.secure.client_mod import handle_secure_query, secure_aggregation_mod
 from fedlearn.training import evaluate, train
@@ -305,7 +306,10 @@ def make_client_app(
         none (``ledger-dir``); default ``~/.fedlearn/ledgers``.
     simulated : bool, default False
         Simulated holders enforce the run's ``privacy.client-epsilon-budget``;
-        real holders only their own (``--epsilon-budget``).
+        real holders only their own (``--epsilon-budget``). It also sets the
+        defaults of the holder's policy (:mod:`fedlearn.privacy.policy`) for
+        what the node config omits: real holders accept any secure mode and
+        never plaintext; simulated holders accept the modes the run asks for.
     wallet : WalletProvider, default :func:`~fedlearn.attestation.client_mod.node_wallet`
         The holder's wallet, which signs its updates in attested runs.
 
@@ -364,9 +368,17 @@ def make_client_app(
             return _error(msg, ErrorCode.MODEL, f"global model does not fit the local one: {exc}")
         return cfg, model, train_set, val_set, client
 
-    # Outermost first: the holder signs what it sends, which the secure mod
+    # Outermost first: the holder's policy refuses a request below its floor before
+    # anything trains; the holder signs what it sends, which the secure mod
     # protected after the DP mod clipped and noised it.
-    @app.train(mods=[make_attestation_mod(wallet), secure_aggregation_mod, user_level_dp_mod])
+    @app.train(
+        mods=[
+            make_holder_policy_mod(simulated=simulated),
+            make_attestation_mod(wallet),
+            secure_aggregation_mod,
+            user_level_dp_mod,
+        ]
+    )
     def _train(msg: Message, context: Context) -> Message:
         prepared = _prepare(msg, context)
         if isinstance(prepared, Message):
@@ -425,7 +437,7 @@ def make_client_app(
         )
         return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
 
-    app.query("secure")(handle_secure_query)
+    app.query("secure")(functools.partial(handle_secure_query, simulated=simulated))
     return app
 
 

@@ -18,7 +18,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,6 +142,7 @@ def supernode_command(
     ledger_dir: Path | None = None,
     wallet_keystore: Path | None = None,
     superexec_secret: Path | None = None,
+    policy: Mapping[str, bool | int | str] | None = None,
 ) -> list[str]:
     """The ``flower-supernode`` command line of one data holder.
 
@@ -172,6 +173,16 @@ def supernode_command(
         if "'" in keystore:
             raise ValueError("the wallet keystore path must not contain a single quote (')")
         node_config += f" wallet-keystore='{keystore}'"
+    for key, value in (policy or {}).items():
+        # The holder's policy (fedlearn.privacy.policy.HolderPolicy.node_config()).
+        if isinstance(value, bool):
+            node_config += f" {key}={'true' if value else 'false'}"
+        elif isinstance(value, int):
+            node_config += f" {key}={value}"
+        elif "'" in value or " " in value:
+            raise ValueError(f"policy entry {key!r} must not contain a quote or a space")
+        else:
+            node_config += f" {key}='{value}'"
     cmd = [
         str(_BIN / "flower-supernode"),
         "--superlink",

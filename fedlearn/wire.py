@@ -164,3 +164,5 @@ class ErrorCode(IntEnum):
     SECURE = 1006
     #: The reply could not be signed for attestation.
     ATTESTATION = 1007
+    #: The request is below the holder's policy (secure mode, contributors, DP, party keys).
+    POLICY = 1008

@@ -41,7 +41,12 @@ def _holder(tmp_path: Path) -> tuple[Path, Path, Path]:
 
 
 def _round(data: Path, ledgers: Path, server_round: int) -> float:
-    node = {"data-path": str(data), "ledger-dir": str(ledgers), "partition-id": 0}
+    node = {
+        "data-path": str(data),
+        "ledger-dir": str(ledgers),
+        "partition-id": 0,
+        "allow-plaintext": True,
+    }
     arrays = ArrayRecord(default_model(CFG).state_dict())
     config = ConfigRecord({CONFIG_KEY: CFG.to_json(), "server-round": server_round})
     msg = instruction(RecordDict({"arrays": arrays, "config": config}), node_id=3)

@@ -33,6 +33,8 @@ def train_message(cfg: RunConfig = CFG, arrays: ArrayRecord | None = None) -> Me
 
 
 def context(**node_config: object) -> Context:
+    # These holders opted in to plaintext rounds (tests/test_holder_policy.py: the default refuses).
+    node_config = {"allow-plaintext": True, **node_config}
     return Context(run_id=1, node_id=5, node_config=node_config, state=RecordDict(), run_config={})
 
 

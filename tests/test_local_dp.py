@@ -145,7 +145,12 @@ def holder(tmp_path: Path) -> dict:
     path = write_csv(
         tmp_path / "holder.csv", Dataset(x, (x[:, 0] > 0).astype(np.int64)), ("no", "yes")
     )
-    return {"data-path": str(path), "ledger-dir": str(tmp_path / "ledgers"), "partition-id": 0}
+    return {
+        "data-path": str(path),
+        "ledger-dir": str(tmp_path / "ledgers"),
+        "partition-id": 0,
+        "allow-plaintext": True,  # the rounds here are plaintext DP-SGD rounds
+    }
 
 
 def _train(node: dict, server_round: int, arrays: ArrayRecord, cfg: RunConfig = CFG):

@@ -16,9 +16,17 @@ from typing import Any, cast
 from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 
+from fedlearn.privacy.policy import (
+    HolderPolicy,
+    PolicyError,
+    check_floor,
+    check_query_mode,
+    policy_error,
+)
 from fedlearn.privacy.secure.base import stage_of
 from fedlearn.privacy.secure.modes import client_protocol
 from fedlearn.privacy.secure.packing import client_vector, example_weight
+from fedlearn.privacy.secure.stages import read_fields, read_node_ids
 from fedlearn.wire import (
     EXAMPLES_KEY,
     SECURE_BLOBS,
@@ -27,6 +35,7 @@ from fedlearn.wire import (
     SECURE_MODE_KEY,
     SECURE_SCALE_KEY,
     SECURE_UNIFORM_KEY,
+    CkksStage,
     ErrorCode,
 )
 
@@ -79,6 +88,8 @@ def secure_aggregation_mod(msg: Message, context: Context, call_next: ClientAppC
             raise ValueError(f"value scale {scale} must be >= 1")
         vector = client_vector(trained=trained, sent=sent, weight=weight) / scale
         protected = protocol.protect(vector, msg, context)
+    except PolicyError as exc:
+        return policy_error(msg, exc)
     except (KeyError, ValueError, RuntimeError) as exc:
         log.warning("secure aggregation (%s) refused this round: %s", mode, exc)
         return _error(msg, f"cannot protect the update ({mode}): {exc}")
@@ -94,8 +105,14 @@ def secure_aggregation_mod(msg: Message, context: Context, call_next: ClientAppC
     return Message(RecordDict(content), reply_to=msg)
 
 
-def handle_secure_query(msg: Message, context: Context) -> Message:
-    """Answer a secure-aggregation stage request (``query.secure`` messages)."""
+def handle_secure_query(msg: Message, context: Context, *, simulated: bool = False) -> Message:
+    """Answer a secure-aggregation stage request (``query.secure`` messages).
+
+    The holder's policy (:mod:`fedlearn.privacy.policy`, engine defaults per
+    ``simulated``) is checked first: the stage's mode must be one the holder
+    accepts and the run's pinned mode, and a CKKS decryption must be of a sum
+    of at least the holder's floor of contributors.
+    """
     try:
         stage = stage_of(msg)
     except ValueError as exc:
@@ -104,6 +121,20 @@ def handle_secure_query(msg: Message, context: Context) -> Message:
     if mode is None:
         return _error(msg, f"unknown secure-aggregation stage {stage!r}")
     try:
+        policy = HolderPolicy.from_node_config(context.node_config, simulated=simulated)
+        check_query_mode(mode, context, policy)
+        if stage == CkksStage.DECRYPT:
+            # The CKKS decryptor checks its floor again on the signed contributions.
+            config, _ = read_fields(msg)
+            contributors = read_node_ids(config, "contributors")
+            check_floor(len(contributors), context, what="the CKKS decryption", policy=policy)
+    except PolicyError as exc:
+        return policy_error(msg, exc)
+    except ValueError as exc:
+        return _error(msg, f"{stage} refused: {exc}")
+    try:
         return client_protocol(mode).handle_query(msg, context)
+    except PolicyError as exc:
+        return policy_error(msg, exc)
     except (KeyError, ValueError, RuntimeError) as exc:
         return _error(msg, f"{stage} failed: {exc}")

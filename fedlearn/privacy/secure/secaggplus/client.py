@@ -35,6 +35,7 @@ from flwr.supercore.primitives.asymmetric import (
 from numpy.typing import NDArray
 
 from fedlearn.config import SecureMode
+from fedlearn.privacy.policy import PolicyError, check_floor
 from fedlearn.privacy.secure.base import ClientProtocol, request, stage_of
 from fedlearn.privacy.secure.secaggplus.parameters import SecAggPlusParameters, is_integer
 from fedlearn.privacy.secure.secaggplus.primitives import (
@@ -56,7 +57,7 @@ from fedlearn.privacy.secure.stages import (
 )
 from fedlearn.wire import SecAggStage
 
-__all__ = ["SecAggPlusClient"]
+__all__ = ["SecAggPlusClient", "shared_nodes"]
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,8 @@ class SecAggPlusClient(ClientProtocol):
                 content = self._unmask(config, server_round, context)
             else:
                 raise ValueError(f"unknown SecAgg+ stage {stage!r}")
+        except PolicyError:
+            raise  # the holder's policy answers it (ErrorCode.POLICY)
         except (ValueError, KeyError, TypeError) as exc:
             return refusal(msg, f"SecAgg+ refused: {exc}")
         return Message(content, reply_to=msg)
@@ -145,6 +148,8 @@ class SecAggPlusClient(ClientProtocol):
         keyed = read_node_ids(config, "keyed")
         if node not in keyed:
             raise ValueError(f"the list of keyed nodes does not contain this node ({node})")
+        # The holder's floor: the round's sum holds at most the keyed nodes.
+        check_floor(len(keyed), context, what="the SecAgg+ key-sharing request")
         hood = neighbours(keyed, node, num_shares=params.num_shares)
         if len(hood) < params.threshold:
             raise ValueError(
@@ -215,6 +220,14 @@ class SecAggPlusClient(ClientProtocol):
                 f"only {len(active)} active neighbours listed, "
                 f"reconstruction_threshold is {params.threshold}"
             )
+        # The holder's floor. With every keyed node in this node's neighbourhood the
+        # active list is the whole set of survivors, i.e. the sum's contributors. In a
+        # partial neighbourhood (num_shares < keyed nodes) the client sees only its
+        # neighbours: the floor was checked on the nodes that shared keys (train), and
+        # the survivors beyond its neighbourhood are the server's word.
+        keyed = _state_ids(state, "keyed")
+        if len(neighbours(keyed, node, num_shares=params.num_shares)) == len(keyed):
+            check_floor(len(active), context, what="the SecAgg+ unmask request")
         held_ids = _state_ids(state, "held-ids")
         b_held = dict(zip(held_ids, _state_bytes_list(state, "held-b"), strict=True))
         sk_held = dict(zip(held_ids, _state_bytes_list(state, "held-sk"), strict=True))
@@ -378,6 +391,12 @@ class SecAggPlusClient(ClientProtocol):
                 f"this request must follow {after!r}"
             )
         return state, SecAggPlusParameters.from_fields(state)
+
+
+def shared_nodes(msg: Message) -> list[int]:
+    """The nodes that shared keys, as a ``secagg-train`` message lists them."""
+    config, _ = read_fields(msg, SecAggStage.TRAIN)
+    return read_node_ids(config, "shared")
 
 
 def _state_bytes(state: ConfigRecord, key: str) -> bytes:
