@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.common.config import parse_config_args
 from typer.testing import CliRunner
 
 from fedlearn.cli import app as cli
@@ -246,6 +247,32 @@ def test_a_secagg_key_sharing_for_fewer_nodes_than_the_floor_is_refused() -> Non
     assert_refused(handle_secure_query(query(ask), node), "min-contributors")
 
 
+def test_a_secagg_unmasking_of_fewer_survivors_than_the_floor_is_refused() -> None:
+    # This node (5) neighbours every keyed node (5, 6, 7) and masked its vector; the
+    # server claims node 7 dropped, so the sum would hold two updates: below the floor 3.
+    node = context({"min-contributors": 3})
+    _secagg_setup(node)
+    state = node.state.config_records["secaggplus"]
+    state.update(
+        {
+            "stage": SecAggStage.TRAIN,
+            "last-masked-round": 1,
+            "keyed": [NODE, 6, 7],
+            "held-ids": [6, 7],
+            "held-b": [b"b6", b"b7"],
+            "held-sk": [b"sk6", b"sk7"],
+            "own-b-share": b"b5",
+            "own-sk-share": b"sk5",
+        }
+    )
+    ask = request(SecAggStage.UNMASK, round=1, active=[NODE, 6], dead=[7])
+    assert_refused(handle_secure_query(query(ask), node), "min-contributors")
+    # Nothing was revealed: the honest request (every node survived) is still answered.
+    honest = request(SecAggStage.UNMASK, round=1, active=[NODE, 6, 7], dead=[])
+    reply = handle_secure_query(query(honest), node)
+    assert not reply.has_error(), reply.error
+
+
 def test_a_secagg_round_summing_fewer_nodes_than_the_floor_is_refused(
     holder: dict[str, Any],
 ) -> None:
@@ -327,12 +354,8 @@ def test_the_client_passes_the_holders_floor_to_its_node(
     )
     assert code == 0, output
     assert "secure modes accepted: secagg+" in output and "at least 4" in output
-    policy = HolderPolicy.from_node_config(
-        dict(
-            (k, v.strip("'") if v.startswith("'") else int(v) if v.isdigit() else v == "true")
-            for k, v in (entry.split("=", 1) for entry in node_config.split())
-        )
-    )
+    # What the SuperNode hands the ClientApp: Flower's own parse of --node-config.
+    policy = HolderPolicy.from_node_config(parse_config_args([node_config]))
     assert policy.secure_modes == {"secagg+"}
     assert policy.min_contributors == 4 and not policy.allow_plaintext
     assert policy.crypten_party_keys == tuple(keys)
