@@ -305,6 +305,8 @@ def test_a_crypten_round_with_other_party_keys_than_the_pinned_ones_is_refused(
 def test_a_holder_with_an_invalid_policy_answers_nothing(holder: dict[str, Any]) -> None:
     node = {**holder, "min-contributors": 1}
     assert_refused(make_client_app()(train(run_config("ckks")), context(node)), "policy")
+    ask = query(request(CkksStage.REGISTER, round=1))
+    assert_refused(handle_secure_query(ask, context(node)), "policy")
 
 
 # --- the command line -------------------------------------------------------------------------

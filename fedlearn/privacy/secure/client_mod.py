@@ -122,6 +122,12 @@ def handle_secure_query(msg: Message, context: Context, *, simulated: bool = Fal
         return _error(msg, f"unknown secure-aggregation stage {stage!r}")
     try:
         policy = HolderPolicy.from_node_config(context.node_config, simulated=simulated)
+    except ValueError as exc:
+        log.error("the holder's policy is invalid: %s", exc)
+        return policy_error(
+            msg, PolicyError("policy", "this holder's policy is invalid; nothing is answered")
+        )
+    try:
         check_query_mode(mode, context, policy)
         if stage == CkksStage.DECRYPT:
             # The CKKS decryptor checks its floor again on the signed contributions.
