@@ -169,7 +169,9 @@ def _vectors(nodes: tuple[int, ...], seed: int) -> dict[int, np.ndarray]:
     return {n: rng.normal(0.0, 3.0, LENGTH) for n in nodes}
 
 
-def _assert_sum_of(result: SecureSum, vectors: dict[int, np.ndarray], nodes: tuple[int, ...]):
+def _assert_sum_of(
+    result: SecureSum, vectors: dict[int, np.ndarray], nodes: tuple[int, ...]
+) -> None:
     assert result.contributors == tuple(sorted(nodes))
     expected = np.sum([vectors[n] for n in nodes], axis=0)
     # each value is encoded within 2**-(PRECISION_BITS + 1): the fixed-point floor
@@ -212,7 +214,6 @@ def test_a_party_refuses_a_forged_signature_and_a_second_sum_of_a_round(
         vectors = _vectors(REGISTERED, seed=3)
         nodes = sorted(vectors)
         client = CryptenClient()
-        grid_holder: list[Any] = []
 
         def handler(msg: Message, context: Context) -> Message:
             record = client.protect(vectors[int(context.node_id)], msg, context)
@@ -224,7 +225,6 @@ def test_a_party_refuses_a_forged_signature_and_a_second_sum_of_a_round(
             return Message(content, reply_to=msg)
 
         grid = _grid(handler, nodes, operators["dirs"])
-        grid_holder.append(grid)
         with serverapp_identity():
             records = server.setup(grid, server_round=3, node_ids=nodes, timeout=10)
             messages = [grid.create_message(records[n], "train", n, "3") for n in nodes]
@@ -277,4 +277,54 @@ def test_config_lists_one_key_per_party_endpoint() -> None:
             crypten_parties=3,
             crypten_party_endpoints=("a:1", "b:2"),
             crypten_party_keys=(key, "cd" * 32),
+        )
+
+
+def test_run_config_endpoints_make_the_server_attach(operators: dict[str, Any]) -> None:
+    from fedlearn.config import RunConfig
+    from fedlearn.privacy.secure.modes import server_protocol
+
+    secure = SecureConfig(
+        mode="crypten",
+        crypten_party_endpoints=tuple(operators["endpoints"]),
+        crypten_party_keys=tuple(k.hex() for k in operators["keys"]),
+    )
+    server = server_protocol(RunConfig(secure=secure))
+    try:
+        assert isinstance(server, CryptenServer) and server.attached
+        assert server.pool.public_keys == tuple(operators["keys"])
+        assert server.pool.pids == ()  # nothing started by the server
+    finally:
+        server.close()
+
+
+def test_a_party_key_is_private_and_survives_a_restart(tmp_path: Path) -> None:
+    from fedlearn.privacy.secure.crypten_service import KEY_FILE, party_key
+
+    first = party_key(tmp_path / "keys")
+    assert party_key(tmp_path / "keys") == first
+    assert (tmp_path / "keys").stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "keys" / KEY_FILE).stat().st_mode & 0o777 == 0o600
+    (tmp_path / "keys" / KEY_FILE).chmod(0o644)
+    with pytest.raises(SystemExit, match="readable by others"):
+        party_key(tmp_path / "keys")
+
+
+def test_fedlearn_party_refuses_a_floor_of_one(tmp_path: Path) -> None:
+    from fedlearn.privacy.secure.crypten_service import serve
+
+    holders = tmp_path / "holders.json"
+    holders.write_text(json.dumps({"a": "00" * 32}))
+    with pytest.raises(SystemExit):
+        serve(
+            [
+                "--rank=0",
+                "--world-size=2",
+                "--rendezvous=tcp://127.0.0.1:1",
+                "--listen=127.0.0.1:1",
+                f"--key-dir={tmp_path / 'k'}",
+                "--run=r",
+                f"--holders={holders}",
+                "--min-contributors=1",
+            ]
         )
