@@ -40,7 +40,8 @@ def _log_to_console() -> None:
 
     logger = logging.getLogger("fedlearn")
     logger.setLevel(logging.INFO)
-    logger.addHandler(RichHandler(console=err, show_path=False))
+    if not any(isinstance(h, RichHandler) for h in logger.handlers):  # once per process
+        logger.addHandler(RichHandler(console=err, show_path=False))
 
 
 _SECURE_HELP = "Secure aggregation: ckks, secagg+, crypten or none."

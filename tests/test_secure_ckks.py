@@ -6,6 +6,7 @@ The attacks of an active server live in ``test_secure_ckks_attacks.py``.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -659,7 +660,12 @@ def test_several_rounds_under_one_key() -> None:
     assert fed.state(1)["decrypted"] == 3 and fed.state(1)["last-decrypted-round"] == 3
 
 
-def test_no_native_output_on_stdout(capfd: pytest.CaptureFixture[str]) -> None:
+def test_no_native_output_on_stdout(
+    capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Log records are not native output: drop console handlers another test (the CLI's)
+    # may have left on fedlearn's logger, so only what native code prints is seen.
+    monkeypatch.setattr(logging.getLogger("fedlearn"), "handlers", [])
     fed = Federation([1, 2], length=9000, seed=7)  # several ciphertexts per vector
     capfd.readouterr()
     fed.aggregate(fed.train(fed.setup([1, 2])))
