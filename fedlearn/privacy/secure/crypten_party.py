@@ -22,7 +22,14 @@ echoes the request's ``seq`` number):
 2. server -> party ``{"type": "open", "nodes": [...]}`` + one envelope per node:
    the party opens each (label bound to run, round, node, party index, party
    count), checks it holds ``length`` int64 values and keeps the share; it
-   answers ``{"type": "opened", "failed": {node: reason}}``;
+   answers ``{"type": "opened", "failed": {node: reason}}``. A party with a
+   holder registry (``fedlearn party --holders``,
+   :mod:`fedlearn.privacy.secure.crypten_service`) also needs ``"holders"``
+   (each node's Ed25519 identity key, hex) and, after the envelopes, one
+   signature per node over :func:`share_statement`: it opens an envelope only
+   if its signer is registered, the signature covers this run, round, node,
+   party and the envelope's bytes, and the signer has no other envelope in the
+   request (one share per holder per round);
 3. server -> party ``{"type": "reveal", "nodes": [...], "score": bool}`` (the
    contributors all parties could open): every party checks the set is a
    subset of what it opened and has at least ``--min-contributors`` nodes
