@@ -528,6 +528,19 @@ def client(
                     "raise --epsilon-budget, or ask the operator for more noise per round",
                 )
             err.print(f"one round costs ε={one_round:.3f}; your budget is ε={epsilon_budget}")
+        # Warnings, not failures: the operator may still choose the mode when it starts
+        # the server (fedlearn server --secure MODE); every round is checked anyway.
+        if not policy.allows(cfg.secure.mode):
+            err.print(
+                f"[yellow]this config's secure mode {cfg.secure.mode!r} is below your policy: "
+                "rounds in that mode will be refused (ask the operator for a mode you accept, "
+                "or add --allow-plaintext / --require-secure MODE if you accept it)[/]"
+            )
+        if epsilon_budget is not None and not cfg.privacy.local_dp:
+            err.print(
+                "[yellow]this config has no local DP and you set a privacy budget: its rounds "
+                "will be refused (ask the operator for privacy.local-dp = true)[/]"
+            )
     if insecure:
         err.print("[bold red]WARNING: --insecure: no TLS; your updates travel in the clear.[/]")
     runtime_port = port or free_port()

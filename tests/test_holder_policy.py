@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import tomli_w
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.common.config import parse_config_args
 from typer.testing import CliRunner
@@ -373,3 +374,20 @@ def test_the_client_refuses_an_unsafe_policy_before_joining(
     code, output, node_config = _run_client(monkeypatch, Path(holder["data-path"]), *args)
     assert code != 0 and "invalid policy" in output
     assert node_config == ""  # no SuperNode was started
+
+
+def test_the_client_warns_when_the_runs_config_is_below_its_policy(
+    holder: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A warning, not a refusal to start: the operator may still pick the mode with
+    # `fedlearn server --secure MODE`; the policy then checks every round.
+    config = tmp_path / "run.toml"
+    config.write_text(tomli_w.dumps(run_config("none").to_dict()))
+    data = Path(holder["data-path"])
+    code, output, node_config = _run_client(monkeypatch, data, "--config", str(config))
+    assert code == 0 and "below your policy" in output and "--allow-plaintext" in output
+    assert "allow-plaintext=false" in node_config
+    args = ("--config", str(config), "--allow-plaintext")
+    code, output, node_config = _run_client(monkeypatch, data, *args)
+    assert code == 0 and "below your policy" not in output
+    assert "allow-plaintext=true" in node_config
