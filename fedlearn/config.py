@@ -438,6 +438,13 @@ class SecureConfig:
         The parties' X25519 public keys (64 hex digits, printed by
         ``fedlearn party`` at start), one per endpoint; a party announcing
         another key is refused, and clients seal their shares to these.
+    ckks_holders : tuple of str, default ()
+        The operator's registration list for CKKS: ``"NAME=IDENTITY"`` per
+        holder, IDENTITY being the holder's Ed25519 identity fingerprint (as
+        the holder's client logs it) or public key (hex). Registrations of
+        any other identity are left out of every key ceremony. Empty: every
+        self-signed registration takes part and holders pin identities on
+        first use.
     """
 
     mode: SecureMode = "none"
@@ -449,8 +456,17 @@ class SecureConfig:
     crypten_parties: int = 2
     crypten_party_endpoints: tuple[str, ...] = ()
     crypten_party_keys: tuple[str, ...] = ()
+    ckks_holders: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        pairs = [entry.partition("=") for entry in self.ckks_holders]
+        names = [name.strip() for name, _, _ in pairs]
+        _require(
+            all(name.strip() and identity.strip() for name, _, identity in pairs)
+            and len(set(names)) == len(names),
+            "secure.ckks-holders",
+            'each entry must be "NAME=IDENTITY" with a distinct NAME',
+        )
         _require(
             self.mode in SECURE_MODES,
             "secure.mode",

@@ -480,6 +480,15 @@ def test_operator_registration_list_admits_only_listed_identities() -> None:
     }
     fed.server = CkksServer(registered=listed)
     assert sorted(fed.setup([1, 2, 3], server_round=2)) == [1, 2]
+    # The same list from the run config ([secure] ckks-holders = ["NAME=IDENTITY", ...]).
+    from fedlearn.config import RunConfig
+    from fedlearn.privacy.secure.modes import server_protocol
+
+    cfg = RunConfig.from_dict(
+        {"secure": {"mode": "ckks", "ckks-holders": [f"{n}={i}" for n, i in listed.items()]}}
+    )
+    fed.server = server_protocol(cfg)
+    assert sorted(fed.setup([1, 2, 3], server_round=3)) == [1, 2]
 
 
 # --------------------------------------------------------------------------- check_reply

@@ -82,7 +82,14 @@ def server_protocol(cfg: RunConfig) -> ServerProtocol:
                 f"round without overflow; this run samples {sampled} (lower "
                 "federation.fraction-train, or use secagg+ or crypten)"
             )
-        return CkksServer(min_contributors=max(2, cfg.federation.min_train_clients))
+        registered = dict(
+            (name.strip(), identity.strip())
+            for name, _, identity in (e.partition("=") for e in cfg.secure.ckks_holders)
+        )
+        return CkksServer(
+            min_contributors=max(2, cfg.federation.min_train_clients),
+            registered=registered or None,
+        )
     if mode == "secagg+":
         from fedlearn.privacy.secure.secaggplus import SecAggPlusServer
 
