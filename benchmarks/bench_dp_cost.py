@@ -74,14 +74,13 @@ from fedlearn.data import Dataset, partition_bundled
 # alternative below consumes exactly the randomness fedlearn's loop does.
 from fedlearn.privacy.local_dp import (
     DPSGDPlan,
-    _draw_noise,
     _random_sources,
     _SamplerNoise,
     _SamplerNoiseDPOptimizer,
+    _StepNoise,
     plan_dp_sgd,
     train_dp_sgd,
 )
-from fedlearn.privacy.noise import GaussianSampler
 from fedlearn.training import train
 
 __all__ = ["dp_cost"]
@@ -134,13 +133,13 @@ class _Stepper:
         train_cfg: TrainConfig,
         plan: DPSGDPlan,
         expected_batch: int,
-        sampler: GaussianSampler,
+        noise: _StepNoise,
     ) -> None:
         self.mode = mode
         self.model = model
         self.plan = plan
         self.expected = expected_batch
-        self.sampler = sampler
+        self.noise = noise
         self.loss_fn = nn.CrossEntropyLoss()
         sgd = torch.optim.SGD(
             model.parameters(), lr=train_cfg.learning_rate, momentum=train_cfg.momentum
@@ -150,7 +149,7 @@ class _Stepper:
             "max_grad_norm": plan.max_grad_norm,
             "expected_batch_size": expected_batch,
             "loss_reduction": "mean",
-            "sampler": sampler,
+            "noise": noise,
         }
         self.module: nn.Module = model
         self.optimizer: torch.optim.Optimizer = sgd
@@ -235,12 +234,13 @@ class _Stepper:
         self.optimizer.step()
         return loss_value
 
-    def _noise(self, params: list[torch.Tensor]) -> list[torch.Tensor | None]:
-        """train_dp_sgd's draw: one per step over all parameters (none at σ = 0)."""
+    def _noise(self) -> dict[int, torch.Tensor]:
+        """train_dp_sgd's noise of this step by ``id`` of parameter (none at σ = 0)."""
         std = self.plan.noise_multiplier * self.plan.max_grad_norm
         if std <= 0:
-            return [None] * len(params)
-        return list(_draw_noise(self.sampler, params, std))
+            return {}
+        units = self.noise.draw()
+        return {id(p): u * std for p, u in zip(self.model.parameters(), units, strict=True)}
 
     def _vmap_step(self, xb: torch.Tensor, yb: torch.Tensor) -> float | None:
         plan, names = self.plan, list(self.params)
@@ -253,10 +253,10 @@ class _Stepper:
             loss_value = float(losses.mean())
         else:
             summed = {k: torch.zeros_like(p) for k, p in self.params.items()}
-        named = list(self.model.named_parameters())
-        for (name, p), noise in zip(named, self._noise([p for _, p in named]), strict=True):
-            noisy = summed[name] if noise is None else summed[name] + noise
-            p.grad = noisy / self.expected
+        noises = self._noise()
+        for name, p in self.model.named_parameters():
+            noise = noises.get(id(p))
+            p.grad = (summed[name] if noise is None else summed[name] + noise) / self.expected
         self.optimizer.step()
         return loss_value
 
@@ -291,18 +291,13 @@ class _Stepper:
             for layer in self.linears:
                 bias = torch.zeros_like(layer.bias) if layer.bias is not None else None
                 grads.append((torch.zeros_like(layer.weight), bias))
-        pairs = [
-            (p, g)
-            for layer, (g_weight, g_bias) in zip(self.linears, grads, strict=True)
-            for p, g in ((layer.weight, g_weight), (layer.bias, g_bias))
-            if p is not None and g is not None
-        ]
-        # The model's parameter order, as train_dp_sgd's one draw covers them.
-        order = {id(p): i for i, p in enumerate(self.model.parameters())}
-        pairs.sort(key=lambda pair: order[id(pair[0])])
-        noises = self._noise([p for p, _ in pairs])
-        for (p, g), noise in zip(pairs, noises, strict=True):
-            p.grad = (g if noise is None else g + noise) / self.expected
+        noises = self._noise()
+        for layer, (g_weight, g_bias) in zip(self.linears, grads, strict=True):
+            for p, g in ((layer.weight, g_weight), (layer.bias, g_bias)):
+                if p is None or g is None:
+                    continue
+                noise = noises.get(id(p))
+                p.grad = (g if noise is None else g + noise) / self.expected
         self.optimizer.step()
         return loss_value
 
@@ -330,7 +325,10 @@ def train_dp_mode(
     x, y = torch.from_numpy(data.x), torch.from_numpy(data.y)
     model.train()
     batches, sampler = _random_sources(generator)
-    stepper = _Stepper(mode, model, train_cfg, plan, max(1, round(plan.sample_rate * n)), sampler)
+    noise = _StepNoise(
+        sampler, like=[p for p in model.parameters() if p.requires_grad], steps=plan.steps
+    )
+    stepper = _Stepper(mode, model, train_cfg, plan, max(1, round(plan.sample_rate * n)), noise)
     poisson = UniformWithReplacementSampler(
         num_samples=n, sample_rate=plan.sample_rate, generator=batches, steps=plan.steps
     )

@@ -208,6 +208,23 @@ def test_a_key_fixes_the_stream_and_nothing_else_does() -> None:
     assert "key hidden" in repr(sampler) and key.hex() not in repr(sampler)
 
 
+def test_the_stream_is_chacha20_rfc8439() -> None:
+    # RFC 8439, appendix A.1, test vector #1: zero key, zero nonce, block counter 0.
+    first_block = GaussianSampler(bytes(32)).random_bytes(64)
+    assert first_block.hex() == (
+        "76b8e0ada0f13d90405d6ae55386bd28bdd219b8a08ded1aa836efcc8b770dc7"
+        "da41597c5157488d7724e03fb8d84a376a43b8f41518a11cc387b669b2ee6586"
+    )
+
+
+def test_every_draw_advances_the_same_stream() -> None:
+    key = bytes(range(32))
+    by_bytes, by_normals = GaussianSampler(key), GaussianSampler(key)
+    by_bytes.random_bytes(64)
+    by_normals.normal(8, 1.0)  # four Box-Muller pairs: 4 x 16 bytes
+    assert by_bytes.seed() == by_normals.seed()
+
+
 @pytest.mark.parametrize("key", [b"", bytes(16), bytes(33)])
 def test_sampler_key_must_be_32_bytes(key: bytes) -> None:
     with pytest.raises(ValueError, match="key must be 32 bytes"):
