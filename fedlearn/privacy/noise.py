@@ -4,7 +4,7 @@ The generator
 -------------
 :class:`GaussianSampler` is the one source of DP noise in :mod:`fedlearn.privacy`: the
 ChaCha20 keystream (RFC 8439, through ``cryptography``'s OpenSSL binding) under a
-256-bit key, read as 53-bit uniform doubles and turned into Gaussians by Box-Muller.
+256-bit key, read as 53-bit uniform integers and turned into Gaussians by Box-Muller.
 
 * **Unkeyed** (``GaussianSampler()``, what :func:`gaussian` uses by default): the
   key is 32 bytes of operating-system entropy (``os.urandom``), so every sampler
