@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from fedlearn.data import Dataset, Schema, load_file
+from fedlearn.files import write_atomically
 from fedlearn.privacy.ledger import LedgerError, release_event
-from fedlearn.privacy.records import RecordLedger, record_fingerprints, write_atomically
+from fedlearn.privacy.records import RecordLedger, record_fingerprints
 
 SCHEMA = Schema(num_features=3, classes=("benign", "malignant"), label_column="diagnosis")
 ROWS = [

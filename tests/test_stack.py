@@ -14,6 +14,7 @@ from fedlearn.attestation.session import AttestationSession
 from fedlearn.client_app import default_model
 from fedlearn.config import RunConfig
 from fedlearn.privacy.secure.modes import server_protocol
+from fedlearn.server_app import server_test_set
 from fedlearn.stack import RoundRecorder, build_stack
 from fedlearn.strategies import StrategyWrapper, ValidatedReplies
 from fedlearn.strategies.layers import ChecksReplies, RecordsRound, layers
@@ -58,7 +59,7 @@ def test_attested_plaintext_stack_scores_each_update_and_attests_above_it(tmp_pa
     cfg = _cfg(attestation={"enabled": True})
     session = AttestationSession.open(cfg.attestation, run_dir=tmp_path, rounds=2, resume=False)
     try:
-        test_set, _ = _digits_test_set(cfg)
+        test_set = server_test_set(cfg)
         stack = build_stack(
             cfg, run_dir=tmp_path, model_fn=default_model, test_set=test_set, session=session
         )
@@ -71,12 +72,6 @@ def test_attested_plaintext_stack_scores_each_update_and_attests_above_it(tmp_pa
         assert validated.payload_checks == ()
     finally:
         session.close()
-
-
-def _digits_test_set(cfg: RunConfig) -> tuple[Any, None]:
-    from fedlearn.server_app import server_test_set
-
-    return server_test_set(cfg), None
 
 
 class _RefuseOddNodes(StrategyWrapper):

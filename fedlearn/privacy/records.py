@@ -46,7 +46,6 @@ __all__ = [
     "RecordRelease",
     "cohort_id",
     "record_fingerprints",
-    "write_atomically",
 ]
 
 _FORMAT = "fedlearn.record-ledger"
